@@ -1,0 +1,62 @@
+"""The Model protocol every adapter implements: numpy in, numpy out, float32, NCHW.
+
+Preprocessing lives in the policy, not in the adapter: `x` is already resized and normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer (torch: a module path; ONNX: a tensor name) and its per-image output shape."""
+
+    name: str
+    shape: tuple[int, ...]  # without the batch axis, e.g. (C, H, W) or (D,)
+    kind: str  # torch: module class (Conv2d, ReLU, ...); ONNX: producing op type (Conv, Relu, ...)
+
+
+class Head(Protocol):
+    """The network from one layer to the logits.
+
+    `x` is the batch of input images that produced `acts`. Adapters use it only where the rest of the
+    network needs tensors other than the layer's own (skip paths around the layer); for a sequential network
+    it is not read. Gradients are of the logits, never of a loss.
+    """
+
+    def logits(self, acts: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(n, *layer_shape) -> (n, K) logits."""
+        ...
+
+    def grad(self, acts: np.ndarray, x: np.ndarray, target: int) -> np.ndarray:
+        """d logit[target] / d acts, shape (n, *layer_shape)."""
+        ...
+
+    def directional(
+        self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int
+    ) -> np.ndarray:
+        """Directional derivatives of logit[target] along each direction: directions (k, *layer_shape) -> (n, k)."""
+        ...
+
+
+class Model(Protocol):
+    name: str
+    sha256: str  # of the model file(s)
+    framework: str  # "torchscript" | "torch" | "torch-export" | "onnx"
+    input_shape: tuple[int, ...]  # (C, H, W), without batch axis
+
+    def layers(self) -> list[LayerInfo]: ...
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, C, H, W) float32 -> (n, K) logits."""
+        ...
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """One forward pass for all requested layers: {layer: (n, *layer_shape)}."""
+        ...
+
+    def head(self, layer: str) -> Head: ...

@@ -1,0 +1,134 @@
+"""Frozen dataclasses of an audit's results and their JSON round trip.
+
+results.json is the single source of truth for rendering: the report is drawn from it alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+class Status(str, Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    WARN = "WARN"
+    ERROR = "ERROR"
+    SKIPPED = "SKIPPED"
+
+
+SEVERITIES = ("critical", "major", "minor")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    role: str  # the key in the policy's `models:` (e.g. candidate, reference)
+    name: str
+    framework: str
+    sha256: str
+    path: str
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSetInfo:
+    name: str  # e.g. "class:triangle", "concept:watermark", "random:3"
+    fingerprint: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Provenance:
+    tool_version: str
+    created: str  # ISO 8601 UTC; SOURCE_DATE_EPOCH when set
+    policy_sha256: str
+    policy_path: str
+    seed: int
+    models: list[ModelInfo]
+    image_sets: list[ImageSetInfo]
+    libraries: dict[str, str]
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    id: str
+    method: str
+    status: Status
+    severity: str
+    summary: str
+    requirement: str
+    findings: list[dict[str, Any]]
+    # Method-specific material the report draws from (settings, per-run scores, notes); JSON-safe values only.
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    schema_version: str
+    title: str
+    verdict: str  # "PASS" | "FAIL"
+    provenance: Provenance
+    checks: list[CheckResult]
+
+
+def to_dict(result: AuditResult) -> dict[str, Any]:
+    d = asdict(result)
+    for c in d["checks"]:
+        c["status"] = Status(c["status"]).value
+    return d
+
+
+def from_dict(d: dict[str, Any]) -> AuditResult:
+    p = d["provenance"]
+    prov = Provenance(
+        tool_version=p["tool_version"],
+        created=p["created"],
+        policy_sha256=p["policy_sha256"],
+        policy_path=p.get("policy_path", ""),
+        seed=p["seed"],
+        models=[ModelInfo(**m) for m in p["models"]],
+        image_sets=[ImageSetInfo(**s) for s in p["image_sets"]],
+        libraries=dict(p["libraries"]),
+        command=p.get("command", ""),
+    )
+    checks = [
+        CheckResult(
+            id=c["id"],
+            method=c["method"],
+            status=Status(c["status"]),
+            severity=c["severity"],
+            summary=c["summary"],
+            requirement=c["requirement"],
+            findings=list(c["findings"]),
+            details=dict(c.get("details", {})),
+        )
+        for c in d["checks"]
+    ]
+    return AuditResult(
+        schema_version=d["schema_version"],
+        title=d.get("title", "Concept audit"),
+        verdict=d["verdict"],
+        provenance=prov,
+        checks=checks,
+    )
+
+
+def dumps(result: AuditResult) -> str:
+    # Sorted keys and a fixed float repr keep results.json byte-stable across identical runs.
+    return json.dumps(to_dict(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def write(result: AuditResult, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(dumps(result), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read(path: Path) -> AuditResult:
+    return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
