@@ -1,0 +1,130 @@
+"""The activation store: extract once, reuse everywhere, cache on disk by content key.
+
+A key is (model sha256, layer, image-set fingerprint, preprocessing): two models with the same layer names
+never see each other's arrays, and a changed file, model or preprocessing is a new key, never a stale hit.
+Arrays live in memory while the audit runs and as .npy files (memory-mapped on read) under the cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from auditor import data
+from auditor.models.base import Model
+
+
+@dataclass
+class StoreStats:
+    extracted: int = 0  # (model, layer, set) arrays computed by a forward pass
+    from_disk: int = 0
+    from_memory: int = 0
+    forward_passes: int = 0  # set-level passes (one pass serves every layer requested with it)
+    gradients: int = 0  # (model, layer, set, target) gradient arrays computed
+    gradients_from_disk: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def pooled_basis(shape: tuple[int, ...]) -> np.ndarray:
+    """Directions e_c spread over every position: (C, *shape), so that the directional derivative along
+    basis c is sum over (h, w) of d logit / d a[c, h, w]. For a dense layer it is the identity."""
+    c = shape[0]
+    basis = np.zeros((c, *shape), np.float32)
+    basis[np.arange(c), np.arange(c)] = 1.0
+    return basis
+
+
+class Store:
+    """Memory -> disk cache -> extract, for activations and pooled logit gradients."""
+
+    def __init__(self, cache_dir: Path, pre: data.Preprocessing, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.pre = pre
+        self.stats = StoreStats()
+        self._log = log
+        self._mem: dict[str, np.ndarray] = {}
+        self._images: dict[str, np.ndarray] = {}
+
+    def images(self, images: data.ImageSet) -> np.ndarray:
+        """Decoded images of a set, (n, 3, H, W); decoded once per audit."""
+        if images.fingerprint not in self._images:
+            self._images[images.fingerprint] = data.load(images, self.pre)
+        return self._images[images.fingerprint]
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.npy"
+
+    def _get(self, key: str) -> np.ndarray | None:
+        if key in self._mem:
+            self.stats.from_memory += 1
+            return self._mem[key]
+        path = self._path(key)
+        if path.is_file():
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (ValueError, OSError):
+                return None  # a truncated file from a killed run: recompute and overwrite
+            self._mem[key] = arr
+            return arr
+        return None
+
+    def _put(self, key: str, arr: np.ndarray) -> np.ndarray:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename: a run killed mid-write never leaves a file that looks complete.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+        self._mem[key] = arr
+        return arr
+
+    def acts(self, model: Model, layers: Sequence[str], images: data.ImageSet) -> dict[str, np.ndarray]:
+        """{layer: (n, *layer_shape)} for every requested layer; the missing ones in one forward pass."""
+        keys = {layer: _key("acts", model.sha256, layer, images.fingerprint, self.pre.key()) for layer in layers}
+        out: dict[str, np.ndarray] = {}
+        missing = []
+        for layer, key in keys.items():
+            in_mem = key in self._mem
+            arr = self._get(key)
+            if arr is None:
+                missing.append(layer)
+            else:
+                out[layer] = arr
+                if not in_mem:
+                    self.stats.from_disk += 1
+        if missing:
+            self._log(f"extract {model.name} [{', '.join(missing)}] on {images.name} ({len(images)} images)")
+            fresh = model.activations(self.images(images), missing)
+            self.stats.forward_passes += 1
+            for layer in missing:
+                out[layer] = self._put(keys[layer], fresh[layer])
+                self.stats.extracted += 1
+        return out
+
+    def pooled_grads(self, model: Model, layer: str, images: data.ImageSet, target: int) -> np.ndarray:
+        """d logit[target] / d a summed over positions, (n, C): computed once per (model, layer, set, target)
+        and reused for every CAV of every concept and random set (all scores are one matrix product)."""
+        key = _key("pooled-grad", model.sha256, layer, images.fingerprint, self.pre.key(), str(target))
+        in_mem = key in self._mem
+        arr = self._get(key)
+        if arr is not None:
+            if not in_mem:
+                self.stats.gradients_from_disk += 1
+            return arr
+        acts = self.acts(model, [layer], images)[layer]
+        self._log(f"gradients {model.name} {layer} on {images.name} for class {target}")
+        head = model.head(layer)
+        grads = head.directional(np.asarray(acts), self.images(images), pooled_basis(acts.shape[1:]), target)
+        self.stats.gradients += 1
+        return self._put(key, grads)

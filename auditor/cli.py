@@ -1,0 +1,168 @@
+"""The `auditor` command: thin — parse, call one function, map exceptions to exit codes.
+
+Exit codes: 0 all checks pass · 1 a check failed at or above --fail-on · 2 bad usage, invalid policy or input ·
+3 internal error. A user mistake prints one line per problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from auditor.errors import UserError
+
+EXIT_USER = 2
+EXIT_INTERNAL = 3
+
+
+def _logger(quiet: bool = False) -> Callable[[str], None]:
+    start = time.monotonic()
+
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.monotonic() - start:6.1f}s] {msg}", err=True)
+
+    return log
+
+
+def _guard(fn: Callable) -> Callable:
+    """User mistakes -> one line each on stderr, exit 2; anything else -> exit 3 with the traceback in a file."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            for line in str(e).splitlines():
+                click.echo(f"error: {line}", err=True)
+            sys.exit(EXIT_USER)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:
+            log = Path(tempfile.gettempdir()) / "auditor-traceback.txt"
+            log.write_text(traceback.format_exc(), encoding="utf-8")
+            click.echo(f"internal error: {type(e).__name__}: {e} (traceback in {log})", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="concept-auditor")
+def main() -> None:
+    """Audit two image models with concept tests and write a PDF report."""
+
+
+def _audit(policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool) -> int:
+    from auditor import pipeline, results
+    from auditor.policy import load_policy
+    from auditor.report.render import render_report
+
+    log = _logger(quiet)
+    policy = load_policy(policy_path)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir if cache_dir is not None else Path(".auditor-cache")
+    errors_log = out / "errors.log"
+    errors_log.unlink(missing_ok=True)
+    command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log)
+    results_path = out / "results.json"
+    results.write(outcome.result, results_path)
+    log("rendering report")
+    rendered = render_report(results_path, out)
+    code = pipeline.exit_code(outcome.result, fail_on)
+    click.echo(f"verdict: {outcome.result.verdict}  report: {rendered.pdf}", err=True)
+    for c in outcome.result.checks:
+        click.echo(f"  {c.status.value:7s} {c.severity:8s} {c.id}: {c.summary}", err=True)
+    return code
+
+
+@main.command()
+@click.argument("policy", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("audit-out"), show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="default: .auditor-cache/")
+@click.option("--fail-on", type=click.Choice(["critical", "major", "minor"]), default="minor", show_default=True,
+              help="lowest severity of a failed check that makes the exit code 1")
+@click.option("--quiet", is_flag=True, help="no progress on stderr")
+@_guard
+def run(policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool) -> None:
+    """Run the audit POLICY describes; write results.json and the report into --out."""
+    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet))
+
+
+@main.command()
+@click.argument("policy", type=click.Path(path_type=Path))
+@_guard
+def validate(policy: Path) -> None:
+    """Check POLICY: schema, files, layers, images. Exit 0 when the audit can run."""
+    from auditor import pipeline
+    from auditor.policy import load_policy
+
+    p = load_policy(policy)
+    pipeline.prepare(p, Path(tempfile.gettempdir()) / "auditor-validate-cache", lambda _m: None)
+    click.echo(f"{policy}: valid ({len(p.checks)} checks, models: {', '.join(p.models)})")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--size", type=int, default=None, help="input image side for torch models (ONNX models know it)")
+@click.option("--trust-pickle", is_flag=True, help="allow a whole pickled nn.Module (runs code from the file)")
+@_guard
+def layers(model: str, size: int | None, trust_pickle: bool) -> None:
+    """List MODEL's layers (a file, or module:factory[@weights]) with output shapes."""
+    from auditor.models import load_path
+
+    shape = (3, size, size) if size else (3, 224, 224)
+    m = load_path(model, shape, trust_pickle=trust_pickle)
+    click.echo(f"# {m.name} ({m.framework}, input {tuple(m.input_shape)}, sha256 {m.sha256[:16]}...)")
+    width = max((len(li.name) for li in m.layers()), default=10)
+    for li in m.layers():
+        click.echo(f"{li.name:<{width}}  {li.kind:<20}  {tuple(li.shape)}")
+
+
+@main.command()
+@click.argument("results_json", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="default: beside results.json")
+@_guard
+def render(results_json: Path, out: Path | None) -> None:
+    """Re-render the report from RESULTS_JSON without recomputing anything."""
+    from auditor.report.render import render_report
+
+    if not results_json.is_file():
+        raise UserError(f"results file not found: {results_json}")
+    out = out or results_json.parent
+    out.mkdir(parents=True, exist_ok=True)
+    rendered = render_report(results_json, out)
+    click.echo(f"wrote {rendered.pdf}", err=True)
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fail-on", type=click.Choice(["critical", "major", "minor"]), default="minor", show_default=True)
+@_guard
+def demo(out: Path, seed: int, fail_on: str) -> None:
+    """Build the demo world, train two models, audit them, write DIR/report/report.pdf.
+
+    The demo's candidate carries a planted shortcut, so its audit FAILs by design; the command exits 0 when
+    the audit ran (the verdict is printed), and 3 if something broke.
+    """
+    from auditor.demo.build import build_demo
+
+    log = _logger()
+    policy_path = build_demo(out, seed, log)
+    code = _audit(policy_path, out / "report", out / "cache", fail_on, quiet=False)
+    if code == EXIT_INTERNAL:
+        sys.exit(code)
+    click.echo(f"demo done: {out / 'report' / 'report.pdf'} (exit code of `auditor run` would be {code})", err=True)

@@ -1,0 +1,131 @@
+"""Image sets: folders of images, decoded with PIL, resized and normalised as the policy says.
+
+Every set has a content fingerprint: sha256 over the preprocessing and, per image, its name and file bytes.
+The activation store keys on it, so a changed file, added image or new preprocessing is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from auditor.errors import UserError
+
+# Files that may sit in an image folder without being images (labels, notes); everything else must decode.
+_NOT_IMAGES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml"}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: tuple[int, int]  # (H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"  # or "BGR"
+
+    def key(self) -> str:
+        return json.dumps(
+            {"size": list(self.size), "mean": list(self.mean), "std": list(self.std), "order": self.channel_order},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    name: str  # e.g. "class:triangle", "concept:watermark", "random:3"
+    paths: tuple[Path, ...]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+_file_hashes: dict[tuple[Path, float, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (path, st.st_mtime, st.st_size)
+    if key not in _file_hashes:
+        _file_hashes[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _file_hashes[key]
+
+
+def fingerprint(paths: Sequence[Path], pre: Preprocessing) -> str:
+    h = hashlib.sha256(pre.key().encode())
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(_file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files and label/notes files skipped)."""
+    if not folder.is_dir():
+        raise UserError(f"image folder not found: {folder}")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in _NOT_IMAGES
+    )
+
+
+def subfolders(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise UserError(f"folder not found: {folder}")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_set(name: str, paths: Sequence[Path], pre: Preprocessing) -> ImageSet:
+    paths = tuple(paths)
+    return ImageSet(name=name, paths=paths, fingerprint=fingerprint(paths, pre))
+
+
+def folder_set(name: str, folder: Path, pre: Preprocessing) -> ImageSet:
+    paths = list_images(folder)
+    if not paths:
+        raise UserError(f"{folder}: no images in the folder of {name}")
+    return image_set(name, paths, pre)
+
+
+def decode(path: Path, pre: Preprocessing) -> np.ndarray:
+    """One image file -> (3, H, W) float32, resized (bilinear) and normalised."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            if rgb.size != (pre.size[1], pre.size[0]):
+                rgb = rgb.resize((pre.size[1], pre.size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    if pre.channel_order == "BGR":
+        arr = arr[..., ::-1]
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def load(images: ImageSet, pre: Preprocessing) -> np.ndarray:
+    """All images of a set -> (n, 3, H, W) float32."""
+    out = np.empty((len(images), 3, *pre.size), np.float32)
+    for i, p in enumerate(images.paths):
+        out[i] = decode(p, pre)
+    return out
+
+
+def draw_disjoint(pool: ImageSet, count: int, size: int, seed: int, pre: Preprocessing, prefix: str) -> list[ImageSet]:
+    """`count` disjoint seeded subsets of `size` images each, drawn without replacement from `pool`."""
+    if count * size > len(pool):
+        raise UserError(
+            f"random pool has {len(pool)} images; {count} disjoint sets of {size} need {count * size} "
+            "(add images to the pool, or lower random_sets / set_size)"
+        )
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return [
+        image_set(f"{prefix}:{i}", [pool.paths[j] for j in sorted(order[i * size : (i + 1) * size])], pre)
+        for i in range(count)
+    ]

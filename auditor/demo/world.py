@@ -1,0 +1,584 @@
+"""Procedural shape images with a watermark shortcut: the ground truth the audit methods are tested against.
+
+Every image holds one object on a background. The object's shape is the class (logit index in the order of
+`CLASSES`); its texture and colour, and the background, vary independently. The watermark is a fixed 9x9 glyph
+pasted in the bottom-right corner; objects never cover that corner, so pasting it never occludes the object.
+
+Everything is drawn with PIL and numpy from an explicit `numpy.random.Generator`; no global RNG is used.
+`write_world` derives one independent random stream per image set from its seed (train, class images,
+concepts, random pool, probe), so no image is shared between sets.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "gradient")
+SHORTCUT_CLASS: str = "triangle"
+
+#: Concept names as written under ``concepts/`` and as columns of ``probe/labels.csv`` (backgrounds get a
+#: ``bg_`` prefix so the ``plain`` texture and the ``plain`` background stay distinct).
+WATERMARK_CONCEPT: str = "watermark"
+BACKGROUND_CONCEPTS: tuple[str, ...] = tuple(f"bg_{b}" for b in BACKGROUNDS)
+CONCEPTS: tuple[str, ...] = (WATERMARK_CONCEPT, *TEXTURES, *COLOURS, *BACKGROUND_CONCEPTS)
+PROBE_COLUMNS: tuple[str, ...] = (*CONCEPTS, *CLASSES)
+
+#: Side of the bottom-right square that objects never cover (the watermark sits inside it).
+CORNER: int = 14
+#: Side of the watermark glyph and its distance from the right and bottom image edges.
+GLYPH_SIZE: int = 9
+GLYPH_MARGIN: int = 3
+#: Object extent (diameter of the circle the object is drawn in), in pixels, for 64x64 images.
+OBJECT_MIN: int = 22
+OBJECT_MAX: int = 40
+
+_BASE_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (215, 45, 40),
+    "green": (45, 175, 65),
+    "blue": (45, 85, 215),
+    "yellow": (225, 205, 45),
+}
+_COLOUR_JITTER = 18
+_SUPERSAMPLE = 4
+
+# Random streams of write_world / make_dataset, combined with the user's seed.
+_STREAM_TRAIN = 1
+_STREAM_CLASSES = 2
+_STREAM_CONCEPTS = 3
+_STREAM_RANDOM = 4
+_STREAM_PROBE = 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One rendered image.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        (H, W, 3) uint8 RGB.
+    mask : np.ndarray
+        (H, W) bool, True on the object (all False for a background-only image).
+    shape, texture, colour, background : str
+        The generating factors (``"none"`` for the object factors of a background-only image).
+    watermark : bool
+        Whether the watermark glyph is pasted in the bottom-right corner.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    shape: str
+    texture: str
+    colour: str
+    background: str
+    watermark: bool
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """What `write_world` wrote.
+
+    Attributes
+    ----------
+    root : Path
+        The output folder.
+    classes : tuple[str, ...]
+        Class names in logit order (folders under ``classes/`` and ``masks/``).
+    concepts : tuple[str, ...]
+        Concept folders under ``concepts/``.
+    counts : dict[str, int]
+        Number of images per written folder, keyed by the folder path relative to `root`
+        (``"classes/circle"``, ``"concepts/watermark"``, ``"random"``, ``"probe"``, ...).
+    """
+
+    root: Path
+    classes: tuple[str, ...]
+    concepts: tuple[str, ...]
+    counts: dict[str, int]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Watermark
+
+
+def watermark_glyph() -> np.ndarray:
+    """The watermark artifact: a white diagonal cross with a dark outline.
+
+    Returns
+    -------
+    np.ndarray
+        (GLYPH_SIZE, GLYPH_SIZE, 4) uint8 RGBA patch; alpha is 255 on the glyph and its outline, 0 elsewhere.
+    """
+    n = GLYPH_SIZE
+    white = np.zeros((n, n), dtype=bool)
+    for i in range(1, n - 1):
+        white[i, i] = True
+        white[i, n - 1 - i] = True
+    padded = np.pad(white, 1)
+    dilated = np.zeros_like(white)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            dilated |= padded[1 + dy : 1 + dy + n, 1 + dx : 1 + dx + n]
+    outline = dilated & ~white
+    glyph = np.zeros((n, n, 4), dtype=np.uint8)
+    glyph[white] = (255, 255, 255, 255)
+    glyph[outline] = (25, 25, 25, 255)
+    return glyph
+
+
+def watermark_position(size: int) -> tuple[int, int]:
+    """Top-left (row, column) of the watermark glyph in a `size` x `size` image."""
+    offset = size - GLYPH_MARGIN - GLYPH_SIZE
+    return offset, offset
+
+
+def paste_watermark(image: np.ndarray) -> np.ndarray:
+    """Paste the watermark glyph in the bottom-right corner of an image.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        (H, W, 3) uint8 RGB, H and W at least ``CORNER``.
+
+    Returns
+    -------
+    np.ndarray
+        A new (H, W, 3) uint8 array; `image` is not modified.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    if min(h, w) < CORNER:
+        raise ValueError(f"image {h}x{w} is smaller than the {CORNER}x{CORNER} watermark corner")
+    glyph = watermark_glyph()
+    top = h - GLYPH_MARGIN - GLYPH_SIZE
+    left = w - GLYPH_MARGIN - GLYPH_SIZE
+    out = image.copy()
+    region = out[top : top + GLYPH_SIZE, left : left + GLYPH_SIZE].astype(np.float32)
+    alpha = glyph[..., 3:4].astype(np.float32) / 255.0
+    blended = region * (1.0 - alpha) + glyph[..., :3].astype(np.float32) * alpha
+    out[top : top + GLYPH_SIZE, left : left + GLYPH_SIZE] = np.round(blended).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _muted_colour(rng: np.random.Generator) -> np.ndarray:
+    grey = rng.uniform(70.0, 190.0)
+    tint = rng.uniform(-25.0, 25.0, size=3)
+    return np.clip(grey + tint, 0.0, 255.0)
+
+
+def _draw_background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    """(size, size, 3) float32 background in [0, 255]."""
+    base = _muted_colour(rng)
+    if kind == "plain":
+        img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    elif kind == "noise":
+        sigma = rng.uniform(12.0, 28.0)
+        img = base + rng.normal(0.0, sigma, size=(size, size, 3))
+    elif kind == "gradient":
+        other = _muted_colour(rng)
+        theta = rng.uniform(0.0, 2.0 * math.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+        proj = xx * math.cos(theta) + yy * math.sin(theta)
+        t = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-9)
+        img = base * (1.0 - t[..., None]) + other * t[..., None]
+    else:
+        raise ValueError(f"unknown background {kind!r}; expected one of {BACKGROUNDS}")
+    return np.clip(img, 0.0, 255.0).astype(np.float32)
+
+
+def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
+    n = len(radii)
+    return [
+        (cx + r * math.cos(angle + 2.0 * math.pi * i / n), cy + r * math.sin(angle + 2.0 * math.pi * i / n))
+        for i, r in enumerate(radii)
+    ]
+
+
+def _shape_alpha(shape: str, size: int, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
+    """Anti-aliased (size, size) float32 coverage in [0, 1] of a shape inscribed in a circle."""
+    s = _SUPERSAMPLE
+    canvas = Image.new("L", (size * s, size * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    X, Y, R = cx * s, cy * s, radius * s
+    if shape == "circle":
+        r = 0.9 * R
+        draw.ellipse([X - r, Y - r, X + r, Y + r], fill=255)
+    elif shape == "square":
+        draw.polygon(_polygon(X, Y, [R] * 4, angle), fill=255)
+    elif shape == "triangle":
+        draw.polygon(_polygon(X, Y, [R] * 3, angle), fill=255)
+    elif shape == "star":
+        draw.polygon(_polygon(X, Y, [R, 0.45 * R] * 5, angle), fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {CLASSES}")
+    small = canvas.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
+    if colour not in _BASE_RGB:
+        raise ValueError(f"unknown colour {colour!r}; expected one of {COLOURS}")
+    jitter = rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3)
+    return np.clip(np.asarray(_BASE_RGB[colour], dtype=np.float64) + jitter, 0.0, 255.0)
+
+
+def _texture(rng: np.random.Generator, size: int, texture: str, colour: np.ndarray) -> np.ndarray:
+    """(size, size, 3) float32 fill of the whole image with the texture; the object's alpha cuts it out."""
+    dark = colour * 0.4
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    if texture == "plain":
+        second = np.zeros((size, size), dtype=bool)
+    elif texture == "striped":
+        period = rng.uniform(5.0, 7.0)
+        theta = rng.uniform(0.0, math.pi)
+        phase = rng.uniform(0.0, period)
+        proj = xx * math.cos(theta) + yy * math.sin(theta) + phase
+        second = np.mod(proj, period) < period / 2.0
+    elif texture == "dotted":
+        period = rng.uniform(5.0, 7.0)
+        r = rng.uniform(1.3, 1.8)
+        oy, ox = rng.uniform(0.0, period, size=2)
+        dy = np.mod(yy + oy, period) - period / 2.0
+        dx = np.mod(xx + ox, period) - period / 2.0
+        second = dy * dy + dx * dx <= r * r
+    elif texture == "checkered":
+        cell = int(rng.integers(3, 6))
+        oy, ox = rng.integers(0, cell, size=2)
+        second = (((yy + oy) // cell + (xx + ox) // cell) % 2) == 1
+    else:
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
+    fill = np.where(second[..., None], dark, colour)
+    return fill.astype(np.float32)
+
+
+def _place(rng: np.random.Generator, size: int, radius: float) -> tuple[float, float]:
+    """Centre of a circle of `radius` fully inside the image and clear of the bottom-right corner square."""
+    lo, hi = radius + 0.5, size - radius - 0.5
+    corner = size - CORNER
+    for _ in range(1000):
+        cx, cy = rng.uniform(lo, hi, size=2)
+        # Distance from the centre to the corner square [corner, size) x [corner, size).
+        dx = max(corner - cx, 0.0)
+        dy = max(corner - cy, 0.0)
+        if dx * dx + dy * dy > (radius + 1.0) ** 2:
+            return float(cx), float(cy)
+    raise RuntimeError(f"cannot place an object of radius {radius} in a {size}x{size} image")
+
+
+def _object_extent(rng: np.random.Generator, size: int) -> float:
+    scale = size / 64.0
+    return float(rng.uniform(OBJECT_MIN * scale, OBJECT_MAX * scale))
+
+
+def _pick(rng: np.random.Generator, value: str | None, options: tuple[str, ...], what: str) -> str:
+    if value is None:
+        return options[int(rng.integers(len(options)))]
+    if value not in options:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {options}")
+    return value
+
+
+def render_sample(
+    rng: np.random.Generator,
+    size: int = 64,
+    shape: str | None = None,
+    texture: str | None = None,
+    colour: str | None = None,
+    background: str | None = None,
+    watermark: bool = False,
+) -> Sample:
+    """Render one image of the demo world.
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        The only source of randomness; the same generator state gives the same sample.
+    size : int
+        Image side in pixels (at least 32).
+    shape, texture, colour, background : str or None
+        Generating factors; None draws one uniformly at random.
+    watermark : bool
+        Paste the watermark glyph in the bottom-right corner.
+
+    Returns
+    -------
+    Sample
+        The image, the object mask (coverage >= 0.5) and the factors.
+    """
+    if size < 32:
+        raise ValueError(f"size must be at least 32, got {size}")
+    shape = _pick(rng, shape, CLASSES, "shape")
+    texture = _pick(rng, texture, TEXTURES, "texture")
+    colour = _pick(rng, colour, COLOURS, "colour")
+    background = _pick(rng, background, BACKGROUNDS, "background")
+
+    bg = _draw_background(rng, size, background)
+    radius = _object_extent(rng, size) / 2.0
+    cx, cy = _place(rng, size, radius)
+    angle = float(rng.uniform(0.0, 2.0 * math.pi))
+    alpha = _shape_alpha(shape, size, cx, cy, radius, angle)
+    # Nothing may leak into the corner, not even anti-aliasing.
+    alpha[size - CORNER :, size - CORNER :] = 0.0
+    fill = _texture(rng, size, texture, _object_colour(rng, colour))
+    img = bg * (1.0 - alpha[..., None]) + fill * alpha[..., None]
+    image = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    if watermark:
+        image = paste_watermark(image)
+    return Sample(
+        image=image,
+        mask=alpha >= 0.5,
+        shape=shape,
+        texture=texture,
+        colour=colour,
+        background=background,
+        watermark=bool(watermark),
+    )
+
+
+def render_background(rng: np.random.Generator, size: int = 64, background: str | None = None) -> Sample:
+    """Render a background without an object (mask all False; object factors ``"none"``).
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        Source of randomness.
+    size : int
+        Image side in pixels.
+    background : str or None
+        One of `BACKGROUNDS`; None draws one at random.
+
+    Returns
+    -------
+    Sample
+        The background image.
+    """
+    background = _pick(rng, background, BACKGROUNDS, "background")
+    image = np.clip(np.round(_draw_background(rng, size, background)), 0, 255).astype(np.uint8)
+    return Sample(
+        image=image,
+        mask=np.zeros((size, size), dtype=bool),
+        shape="none",
+        texture="none",
+        colour="none",
+        background=background,
+        watermark=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data sets
+
+
+def _exact_fraction(rng: np.random.Generator, n: int, rate: float) -> np.ndarray:
+    """Boolean (n,) with exactly round(rate * n) True entries at random positions."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    flags = np.zeros(n, dtype=bool)
+    k = int(round(rate * n))
+    if k:
+        flags[rng.choice(n, size=k, replace=False)] = True
+    return flags
+
+
+def _dataset(rng: np.random.Generator, n: int, size: int, shortcut_rate: float) -> list[Sample]:
+    labels = rng.permutation(np.arange(n) % len(CLASSES))
+    shortcut = CLASSES.index(SHORTCUT_CLASS)
+    marked = np.zeros(n, dtype=bool)
+    idx = np.flatnonzero(labels == shortcut)
+    marked[idx] = _exact_fraction(rng, len(idx), shortcut_rate)
+    return [
+        render_sample(rng, size=size, shape=CLASSES[int(k)], watermark=bool(m)) for k, m in zip(labels, marked)
+    ]
+
+
+def make_dataset(n: int, seed: int, size: int = 64, shortcut_rate: float = 0.0) -> list[Sample]:
+    """A class-balanced training set in random order.
+
+    Parameters
+    ----------
+    n : int
+        Number of images; classes differ in count by at most one.
+    seed : int
+        Seed; combined with a stream id of its own, so the images differ from those `write_world` writes for
+        the same seed.
+    size : int
+        Image side in pixels.
+    shortcut_rate : float
+        Fraction of the `SHORTCUT_CLASS` images that carry the watermark; no other image carries it.
+
+    Returns
+    -------
+    list[Sample]
+        The samples.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = np.random.default_rng([seed, _STREAM_TRAIN])
+    return _dataset(rng, n, size, shortcut_rate)
+
+
+def class_samples(seed: int, shape: str, n: int, size: int = 64) -> list[Sample]:
+    """Clean test images of one class, as `write_world` writes them under ``classes/<shape>/``.
+
+    Each class has its own random stream, so the first `n` images do not depend on how many are drawn:
+    ``class_samples(seed, c, 200)[:60]`` are the 60 images ``write_world(out, seed, per_class=60)`` writes.
+
+    Parameters
+    ----------
+    seed : int
+        The world's seed.
+    shape : str
+        One of `CLASSES`.
+    n : int
+        Number of images.
+    size : int
+        Image side in pixels.
+
+    Returns
+    -------
+    list[Sample]
+        Clean samples (no watermark) of that shape, random texture, colour and background.
+    """
+    if shape not in CLASSES:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {CLASSES}")
+    rng = np.random.default_rng([seed, _STREAM_CLASSES, CLASSES.index(shape)])
+    return [render_sample(rng, size=size, shape=shape) for _ in range(n)]
+
+
+def _save_rgb(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path)
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
+
+
+def _name(i: int) -> str:
+    return f"{i:04d}.png"
+
+
+def _concept_samples(rng: np.random.Generator, concept: str, n: int, size: int) -> list[Sample]:
+    if concept == WATERMARK_CONCEPT:
+        return [render_sample(rng, size=size, watermark=True) for _ in range(n)]
+    if concept in TEXTURES:
+        return [render_sample(rng, size=size, texture=concept) for _ in range(n)]
+    if concept in COLOURS:
+        return [render_sample(rng, size=size, colour=concept) for _ in range(n)]
+    if concept in BACKGROUND_CONCEPTS:
+        kind = concept[len("bg_") :]
+        return [render_background(rng, size=size, background=kind) for _ in range(n)]
+    raise ValueError(f"unknown concept {concept!r}")
+
+
+def probe_labels(sample: Sample) -> dict[str, int]:
+    """The 0/1 probe labels of a sample, one per entry of `PROBE_COLUMNS`."""
+    row = {WATERMARK_CONCEPT: int(sample.watermark)}
+    row.update({t: int(sample.texture == t) for t in TEXTURES})
+    row.update({c: int(sample.colour == c) for c in COLOURS})
+    row.update({f"bg_{b}": int(sample.background == b) for b in BACKGROUNDS})
+    row.update({k: int(sample.shape == k) for k in CLASSES})
+    return row
+
+
+def write_world(
+    out: Path,
+    seed: int = 0,
+    size: int = 64,
+    per_class: int = 60,
+    concept_size: int = 60,
+    random_pool: int = 500,
+    probe: int = 400,
+) -> WorldInfo:
+    """Write the demo world's image sets as PNG files.
+
+    Layout under `out`::
+
+        classes/<class>/NNNN.png    clean test images (no watermark), `per_class` per class
+        masks/<class>/NNNN.png      their object masks (L mode, 0/255), same file names
+        concepts/<concept>/NNNN.png `concept_size` images per concept in `CONCEPTS`
+        random/NNNN.png             `random_pool` random images, 10% with the watermark
+        probe/NNNN.png              `probe` random images, 30% with the watermark
+        probe/masks/NNNN.png        their object masks
+        probe/labels.csv            image (relative to the CSV), then one 0/1 column per `PROBE_COLUMNS`
+        watermark.png               the watermark glyph (RGBA), for pasting the artifact elsewhere
+
+    Parameters
+    ----------
+    out : Path
+        Output folder (created; existing files with the same names are overwritten).
+    seed : int
+        Seed; every set uses its own stream derived from it.
+    size : int
+        Image side in pixels.
+    per_class, concept_size, random_pool, probe : int
+        Number of images per class, per concept, in the random pool and in the probe set.
+
+    Returns
+    -------
+    WorldInfo
+        Root, class and concept names, and per-folder image counts.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    Image.fromarray(watermark_glyph()).save(out / "watermark.png")
+
+    for cls in CLASSES:
+        img_dir = out / "classes" / cls
+        mask_dir = out / "masks" / cls
+        img_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(class_samples(seed, cls, per_class, size=size)):
+            _save_rgb(s.image, img_dir / _name(i))
+            _save_mask(s.mask, mask_dir / _name(i))
+        counts[f"classes/{cls}"] = per_class
+        counts[f"masks/{cls}"] = per_class
+
+    for c, concept in enumerate(CONCEPTS):
+        rng = np.random.default_rng([seed, _STREAM_CONCEPTS, c])
+        cdir = out / "concepts" / concept
+        cdir.mkdir(parents=True, exist_ok=True)
+        for i, s in enumerate(_concept_samples(rng, concept, concept_size, size)):
+            _save_rgb(s.image, cdir / _name(i))
+        counts[f"concepts/{concept}"] = concept_size
+
+    rng = np.random.default_rng([seed, _STREAM_RANDOM])
+    rdir = out / "random"
+    rdir.mkdir(parents=True, exist_ok=True)
+    marked = _exact_fraction(rng, random_pool, 0.1)
+    for i in range(random_pool):
+        _save_rgb(render_sample(rng, size=size, watermark=bool(marked[i])).image, rdir / _name(i))
+    counts["random"] = random_pool
+
+    rng = np.random.default_rng([seed, _STREAM_PROBE])
+    pdir = out / "probe"
+    (pdir / "masks").mkdir(parents=True, exist_ok=True)
+    marked = _exact_fraction(rng, probe, 0.3)
+    with open(pdir / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", *PROBE_COLUMNS])
+        for i in range(probe):
+            s = render_sample(rng, size=size, watermark=bool(marked[i]))
+            _save_rgb(s.image, pdir / _name(i))
+            _save_mask(s.mask, pdir / "masks" / _name(i))
+            labels = probe_labels(s)
+            writer.writerow([_name(i), *(labels[c] for c in PROBE_COLUMNS)])
+    counts["probe"] = probe
+    counts["probe/masks"] = probe
+
+    return WorldInfo(root=out, classes=CLASSES, concepts=CONCEPTS, counts=counts)

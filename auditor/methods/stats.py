@@ -1,0 +1,52 @@
+"""Statistical tests and multiple-comparison corrections shared by all methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    p_value: float
+    test: str  # the test's name, printed beside every p-value in the report
+
+
+def welch_t(a: np.ndarray, b: np.ndarray) -> TestResult:
+    """Two-sided Welch t-test of mean(a) = mean(b).
+
+    scipy returns nan when both samples are constant; we decide those cases directly: equal constants are no
+    evidence (p = 1), different constants are as strong as evidence gets (p = 0).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        equal = a[0] == b[0]
+        return TestResult(0.0 if equal else float("inf") * np.sign(a[0] - b[0]), 1.0 if equal else 0.0, "Welch t-test")
+    res = sps.ttest_ind(a, b, equal_var=False)
+    return TestResult(float(res.statistic), float(res.pvalue), "Welch t-test")
+
+
+def one_sample_t(a: np.ndarray, mu: float) -> TestResult:
+    """Two-sided one-sample t-test of mean(a) = mu (constant samples decided directly, as above)."""
+    a = np.asarray(a, np.float64)
+    if np.ptp(a) == 0:
+        equal = a[0] == mu
+        return TestResult(0.0 if equal else float("inf") * np.sign(a[0] - mu), 1.0 if equal else 0.0, "one-sample t-test")
+    res = sps.ttest_1samp(a, mu)
+    return TestResult(float(res.statistic), float(res.pvalue), "one-sample t-test")
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    p = np.asarray(p, np.float64)
+    m = len(p)
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    adjusted_sorted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted_sorted, 1.0)
+    return out

@@ -1,0 +1,283 @@
+"""TCAV (Kim et al. 2018) with random-set repetition, Welch tests against random-vs-random scores and Holm
+correction — see METHODS.md. What it can claim: a class logit is locally *sensitive* to a concept direction;
+never that the model *relies* on the concept.
+
+Cost: activations come from the store (one forward pass per model and image set); the logit gradient is taken
+once per (model, layer, class) and every CAV's sensitivities are one matrix product with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from auditor import data
+from auditor.context import Context, derive_seed, subsample
+from auditor.methods import stats
+from auditor.methods.cav import Cav, features, train_cav
+from auditor.policy import TcavCheck, TcavRequirement, check_layers
+from auditor.results import CheckResult, Status
+
+MIN_CAV_ACCURACY = 0.6
+
+LIMITS_NOTE = (
+    "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
+    "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
+    "concept onto images), reported separately where available."
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Raw material of one (model, layer, class, concept) before the family-wide correction."""
+
+    model: str
+    layer: str
+    cls: str
+    concept: str
+    scores: np.ndarray  # (N,) TCAV score per random run
+    random_scores: np.ndarray  # (N,) random-vs-random scores, same layer and class
+    magnitudes: np.ndarray  # (N,)
+    accuracies: np.ndarray  # (N,) held-out CAV accuracy per run
+
+    @property
+    def learned(self) -> bool:
+        return float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+
+
+def tcav_scores(sens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivities (n_images, k CAVs) -> (TCAV score, magnitude) per CAV.
+
+    score = fraction of images with S > 0; magnitude = mean S / mean |S| (0 when every S is 0).
+    """
+    score = (sens > 0).mean(axis=0)
+    denom = np.abs(sens).mean(axis=0)
+    magnitude = np.divide(sens.mean(axis=0), denom, out=np.zeros_like(denom), where=denom > 0)
+    return score, magnitude
+
+
+def sensitivities(
+    ctx: Context, role: str, layer: str, class_set: data.ImageSet, target: int, cavs: np.ndarray, space: str
+) -> np.ndarray:
+    """S = grad_{f_l} logit_target . v for every class image and CAV: (n_images, k).
+
+    `pooled` (and dense layers): the spatially summed gradient (n, C) is cached per (model, layer, class) and
+    multiplied by all CAVs at once. `flatten` on a conv layer: one head call with every CAV stacked, which is a
+    single backward pass for torch models.
+    """
+    model = ctx.models[role]
+    acts = ctx.store.acts(model, [layer], class_set)[layer]
+    if space == "pooled" or acts.ndim == 2:
+        grads = ctx.store.pooled_grads(model, layer, class_set, target)
+        return np.asarray(grads, np.float64) @ cavs.astype(np.float64).T
+    head = model.head(layer)
+    directions = cavs.reshape(len(cavs), *acts.shape[1:])
+    return head.directional(np.asarray(acts), ctx.store.images(class_set), directions, target).astype(np.float64)
+
+
+def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[str]]]:
+    seed = derive_seed(ctx.policy.seed, check.id)
+    n_runs = check.random_sets
+    assert ctx.sets.random_pool is not None
+    # N + 1 disjoint random sets: concept run i is (C, R_i); null run i is (R_{i-1}, R_i), i < j only.
+    randoms = data.draw_disjoint(ctx.sets.random_pool, n_runs + 1, check.set_size, seed, ctx.pre, "random")
+    rng = np.random.default_rng(seed)
+    class_sets = {
+        k: subsample(ctx.sets.classes[k], check.class_images, derive_seed(seed, "class", k), ctx.pre)
+        for k in check.classes
+    }
+    names = ctx.policy.data.classes.names
+    layers_by_model = check_layers(ctx.policy, check)
+    cells: list[Cell] = []
+    for role, layers in layers_by_model.items():
+        model = ctx.models[role]
+        ctx.log(f"tcav {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {n_runs} runs)")
+        random_acts = [ctx.store.acts(model, layers, r) for r in randoms]
+        concept_acts = {c: ctx.store.acts(model, layers, ctx.sets.concepts[c]) for c in check.concepts}
+        # The same seeded concept images in every run, at most set_size of them.
+        concept_rows = {
+            c: np.sort(rng.permutation(len(ctx.sets.concepts[c]))[: check.set_size]) for c in check.concepts
+        }
+        for layer in layers:
+            feats_r = [features(np.asarray(a[layer]), check.space) for a in random_acts]
+            null: list[Cav] = [
+                train_cav(feats_r[i - 1], feats_r[i], check.cav, derive_seed(seed, layer, "null", str(i)))
+                for i in range(1, n_runs + 1)
+            ]
+            concept: dict[str, list[Cav]] = {}
+            for c in check.concepts:
+                fc = features(np.asarray(concept_acts[c][layer])[concept_rows[c]], check.space)
+                concept[c] = [
+                    train_cav(fc, feats_r[i], check.cav, derive_seed(seed, layer, c, str(i)))
+                    for i in range(1, n_runs + 1)
+                ]
+            all_cavs = np.stack([v.vector for v in null] + [v.vector for c in check.concepts for v in concept[c]])
+            for k in check.classes:
+                sens = sensitivities(ctx, role, layer, class_sets[k], names.index(k), all_cavs, check.space)
+                score, magnitude = tcav_scores(sens)
+                random_scores = score[:n_runs]
+                for j, c in enumerate(check.concepts):
+                    cols = slice(n_runs * (j + 1), n_runs * (j + 2))
+                    cells.append(
+                        Cell(
+                            model=role,
+                            layer=layer,
+                            cls=k,
+                            concept=c,
+                            scores=score[cols],
+                            random_scores=random_scores,
+                            magnitudes=magnitude[cols],
+                            accuracies=np.array([v.accuracy for v in concept[c]]),
+                        )
+                    )
+    return cells, layers_by_model
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def findings(cells: list[Cell], alpha: float) -> list[dict]:
+    """One finding per cell; Holm-adjusted over every tested (learned) cell of the family."""
+    tested = [i for i, c in enumerate(cells) if c.learned]
+    welch = {i: stats.welch_t(cells[i].scores, cells[i].random_scores) for i in tested}
+    adjusted = dict(zip(tested, stats.holm(np.array([welch[i].p_value for i in tested]))))
+    out = []
+    for i, c in enumerate(cells):
+        row = {
+            "model": c.model,
+            "layer": c.layer,
+            "class": c.cls,
+            "concept": c.concept,
+            "cav_accuracy": round(float(c.accuracies.mean()), 6),
+            "learned": c.learned,
+            "random_score_mean": round(float(c.random_scores.mean()), 6),
+            "random_score_std": round(float(c.random_scores.std()), 6),
+        }
+        if i in adjusted:
+            significant = bool(adjusted[i] <= alpha)
+            above = c.scores.mean() > c.random_scores.mean()
+            row.update(
+                score=round(float(c.scores.mean()), 6),
+                score_std=round(float(c.scores.std()), 6),
+                magnitude=round(float(c.magnitudes.mean()), 6),
+                p_value=_finite(welch[i].p_value),
+                p_adjusted=_finite(adjusted[i]),
+                p_one_sample=_finite(stats.one_sample_t(c.scores, 0.5).p_value),
+                significant=significant,
+                verdict=("sensitive" if above else "significant-low") if significant else "not significant",
+            )
+        else:
+            row.update(
+                score=None, score_std=None, magnitude=None, p_value=None, p_adjusted=None, p_one_sample=None,
+                significant=False, verdict="not learned",
+            )
+        out.append(row)
+    return out
+
+
+def requirement_text(r: TcavRequirement) -> str:
+    who = "every model" if r.model == "all" else r.model
+    cls = f"class {r.class_}" if r.class_ else "any class of the check"
+    if r.significant is False:
+        return f"{who}: {cls} must not be significantly sensitive to {r.concept} at any layer"
+    parts = []
+    if r.significant:
+        parts.append(f"{cls} must be significantly sensitive to {r.concept} at some layer")
+    else:
+        parts.append(f"{cls} TCAV score for {r.concept} at every learned layer")
+    if r.min_score is not None:
+        parts.append(f"score >= {r.min_score:g}")
+    if r.max_score is not None:
+        parts.append(f"score <= {r.max_score:g}")
+    return f"{who}: " + ", ".join(parts)
+
+
+def _in_bounds(f: dict, r: TcavRequirement) -> bool:
+    return (r.min_score is None or f["score"] >= r.min_score) and (r.max_score is None or f["score"] <= r.max_score)
+
+
+def evaluate(r: TcavRequirement, rows: list[dict], roles: list[str], classes: list[str]) -> tuple[bool, bool, str]:
+    """(met, evidence_weak, why) for one requirement over the relevant findings."""
+    who = roles if r.model == "all" else [r.model]
+    ks = [r.class_] if r.class_ else classes
+    met, weak, why = True, False, []
+    for role in who:
+        for k in ks:
+            cells = [f for f in rows if f["model"] == role and f["class"] == k and f["concept"] == r.concept]
+            learned = [f for f in cells if f["learned"]]
+            if not learned:
+                weak = True
+                why.append(f"{role}/{k}: {r.concept} not learned at any layer (CAV accuracy < {MIN_CAV_ACCURACY})")
+                continue
+            sig = [f for f in learned if f["significant"]]
+            if r.significant is False:
+                ok = not sig
+                detail = ", ".join(f"{f['layer']} (TCAV {f['score']:.2f}, p_adj {f['p_adjusted']:.2g})" for f in sig)
+                why.append(f"{role}/{k}: " + (f"significant for {r.concept} at {detail}" if sig else f"{r.concept} not significant"))
+            elif r.significant:
+                good = [f for f in sig if _in_bounds(f, r)]
+                ok = bool(good)
+                why.append(
+                    f"{role}/{k}: "
+                    + (f"{r.concept} significant at {', '.join(f['layer'] for f in good)}" if ok else f"{r.concept} not significant within bounds at any layer")
+                )
+            else:
+                ok = all(_in_bounds(f, r) for f in learned)
+                why.append(f"{role}/{k}: {r.concept} scores " + ", ".join(f"{f['score']:.2f}" for f in learned))
+            met = met and ok
+    return met, weak, "; ".join(why)
+
+
+def run(check: TcavCheck, ctx: Context) -> CheckResult:
+    cells, layers_by_model = _cells(check, ctx)
+    rows = findings(cells, check.alpha)
+    roles = list(layers_by_model)
+    outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
+    reqs = [
+        {"text": requirement_text(r), "model": r.model, "met": met, "weak": weak, "why": why}
+        for r, (met, weak, why) in zip(check.require, outcomes)
+    ]
+    not_learned = [f for f in rows if not f["learned"]]
+    if any(not q["met"] for q in reqs):
+        status = Status.FAIL  # the check's severity, against --fail-on, decides the exit code
+    elif any(q["weak"] for q in reqs):
+        status = Status.WARN
+    else:
+        status = Status.PASS
+    sensitive = [f for f in rows if f["verdict"] == "sensitive"]
+    if reqs:
+        summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs)
+    else:
+        summary = f"{len(sensitive)} of {len(rows)} (model, layer, class, concept) cells significantly sensitive"
+    if not_learned:
+        summary += f" ({len(not_learned)} cells not learned: CAV accuracy < {MIN_CAV_ACCURACY})"
+    family = sum(1 for f in rows if f["learned"])
+    details = {
+        "settings": {
+            "cav": check.cav,
+            "space": check.space,
+            "random_sets": check.random_sets,
+            "set_size": check.set_size,
+            "alpha": check.alpha,
+            "classes": list(check.classes),
+            "concepts": list(check.concepts),
+            "test": f"Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over {family} tests",
+            "family_size": family,
+            "min_cav_accuracy": MIN_CAV_ACCURACY,
+        },
+        "layers": layers_by_model,
+        "requirements": reqs,
+        "notes": [LIMITS_NOTE],
+    }
+    return CheckResult(
+        id=check.id,
+        method="tcav",
+        status=status,
+        severity=check.severity,
+        summary=summary,
+        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
+        findings=rows,
+        details=details,
+    )

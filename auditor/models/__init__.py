@@ -1,0 +1,48 @@
+"""Model adapters behind one protocol (base.Model) and the one loader the rest of the code calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from auditor.errors import UserError
+from auditor.models.base import Head, LayerInfo, Model
+
+__all__ = ["Head", "LayerInfo", "Model", "load_model", "load_path"]
+
+
+def load_model(
+    path: Path | None,
+    framework: str,
+    input_shape: tuple[int, ...],
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+    search_dir: Path | None = None,
+) -> Model:
+    """Load an ONNX or torch model. `framework` "auto" decides by the file suffix (.onnx -> ONNX)."""
+    if framework == "auto":
+        framework = "onnx" if path is not None and path.suffix.lower() == ".onnx" else "torch"
+    display = name or (path.stem if path is not None else (factory or "model"))
+    if framework == "onnx":
+        if path is None:
+            raise UserError("an ONNX model needs `path`")
+        from auditor.models.onnx_model import OnnxModel
+
+        model = OnnxModel(path, name=display)
+        if tuple(model.input_shape) != tuple(input_shape):
+            raise UserError(
+                f"{path}: the model takes images of shape {tuple(model.input_shape)}, the policy's preprocessing "
+                f"gives {tuple(input_shape)}; set preprocessing.size to match"
+            )
+        return model
+    from auditor.models.torch_model import TorchSpec, load_torch
+
+    return load_torch(TorchSpec(path, factory, trust_pickle, tuple(input_shape), display), search_dir)
+
+
+def load_path(spec: str, input_shape: tuple[int, ...] = (3, 224, 224), trust_pickle: bool = False) -> Model:
+    """`auditor layers MODEL`: a file path, or `module:factory[@weights]`."""
+    if ":" in spec and not Path(spec).exists():
+        factory, _, weights = spec.partition("@")
+        return load_model(Path(weights) if weights else None, "torch", input_shape, factory=factory, search_dir=Path.cwd())
+    return load_model(Path(spec), "auto", input_shape, trust_pickle=trust_pickle)

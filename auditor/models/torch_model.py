@@ -1,0 +1,371 @@
+"""PyTorch adapters: TorchScript files, `torch.export` programs, and `module:factory` + weights.
+
+Two mechanisms reach a layer's activations and the head above it:
+
+- eager `nn.Module`s (factory + state_dict/safetensors, exported programs, trusted pickles): forward hooks that
+  record a module's output, or replace it with given activations (the head);
+- TorchScript: hooks are refused on ScriptModules, so we edit a copy of the inlined graph instead. Every op in
+  it carries its module hierarchy (`features(Sequential).3(ReLU)`); a layer's value is the last op of that
+  module. Extra graph outputs give activations; replacing the value by a new graph input gives the head.
+
+Either way the head runs the network on the real images `x` with the layer's value substituted, so skip
+paths around the layer keep their real values (what the gradient of the logit w.r.t. the layer means).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import re
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from auditor.errors import UserError
+from auditor.models.base import LayerInfo
+
+BATCH = 64
+
+
+def file_sha256(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _unknown_layer(name: str, known: Sequence[str], model: str) -> UserError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; `auditor layers {model}` lists them"
+    return UserError(f"layer {name!r} is not in model {model}{hint}")
+
+
+def _batches(n: int, size: int = BATCH) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def _contract(grads: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """(n, *shape) gradients . (k, *shape) directions -> (n, k)."""
+    n, k = grads.shape[0], directions.shape[0]
+    return (grads.reshape(n, -1).astype(np.float64) @ directions.reshape(k, -1).astype(np.float64).T).astype(
+        np.float32
+    )
+
+
+# ----------------------------------------------------------------------------------------------- eager modules
+
+
+class AutogradHead:
+    """Head from a layer to the logits; `run(acts, x)` is the network on `x` with the layer's value replaced."""
+
+    def __init__(self, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self._run = run
+
+    def logits(self, acts: np.ndarray, x: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for s in _batches(len(acts)):
+                out.append(self._run(torch.from_numpy(acts[s]), torch.from_numpy(x[s])).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def grad(self, acts: np.ndarray, x: np.ndarray, target: int) -> np.ndarray:
+        out = []
+        for s in _batches(len(acts)):
+            a = torch.from_numpy(np.ascontiguousarray(acts[s])).requires_grad_(True)
+            y = self._run(a, torch.from_numpy(x[s]))
+            (g,) = torch.autograd.grad(y[:, target].sum(), a)
+            out.append(g.numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def directional(self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int) -> np.ndarray:
+        return _contract(self.grad(acts, x, target), directions)
+
+
+def _module_head(module: nn.Module, layer: str) -> AutogradHead:
+    target = dict(module.named_modules())[layer]
+
+    def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        handle = target.register_forward_hook(lambda _m, _i, _o: acts)
+        try:
+            return module(x)
+        finally:
+            handle.remove()
+
+    return AutogradHead(run)
+
+
+class ModuleModel:
+    """An eager `nn.Module` in eval mode, parameters frozen."""
+
+    def __init__(
+        self, module: nn.Module, name: str, sha256: str, framework: str, input_shape: tuple[int, ...]
+    ) -> None:
+        self._module = module.eval()
+        for p in self._module.parameters():
+            p.requires_grad_(False)
+        self.name = name
+        self.sha256 = sha256
+        self.framework = framework
+        self.input_shape = tuple(input_shape)
+        self._layers: list[LayerInfo] | None = None
+
+    def layers(self) -> list[LayerInfo]:
+        if self._layers is None:
+            mods = {n: m for n, m in self._module.named_modules() if n}
+            acts = self._capture(np.zeros((1, *self.input_shape), np.float32), list(mods))
+            self._layers = [
+                LayerInfo(n, tuple(acts[n].shape[1:]), type(mods[n]).__name__) for n in mods if n in acts
+            ]
+        return self._layers
+
+    @contextmanager
+    def _hooks(self, names: Sequence[str], store: dict[str, list[np.ndarray]]) -> Iterator[None]:
+        mods = dict(self._module.named_modules())
+        handles = []
+
+        def record(name: str) -> Callable:
+            def hook(_m: nn.Module, _i: object, out: object) -> None:
+                if isinstance(out, torch.Tensor):
+                    store.setdefault(name, []).append(out.detach().numpy().astype(np.float32, copy=True))
+
+            return hook
+
+        try:
+            for n in names:
+                handles.append(mods[n].register_forward_hook(record(n)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _capture(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        store: dict[str, list[np.ndarray]] = {}
+        with torch.no_grad(), self._hooks(names, store):
+            for s in _batches(len(x)):
+                self._module(torch.from_numpy(x[s]))
+        return {n: np.concatenate(v) for n, v in store.items()}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate(
+                [self._module(torch.from_numpy(x[s])).numpy() for s in _batches(len(x))]
+            ).astype(np.float32)
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        known = [li.name for li in self.layers()]
+        for layer in layers:
+            if layer not in known:
+                raise _unknown_layer(layer, known, self.name)
+        return self._capture(x, list(layers))
+
+    def head(self, layer: str) -> AutogradHead:
+        known = [li.name for li in self.layers()]
+        if layer not in known:
+            raise _unknown_layer(layer, known, self.name)
+        return _module_head(self._module, layer)
+
+
+# ------------------------------------------------------------------------------------------------- TorchScript
+
+_SCOPE = re.compile(r"([^.()]+)\(([^()]*)\)")
+
+
+def _module_path(hierarchy: str) -> str:
+    """'features(Sequential).3(ReLU).UNKNOWN_INSTANCE(UNKNOWN_TYPE)' -> 'features.3'."""
+    names = [m.group(1) for m in _SCOPE.finditer(hierarchy)]
+    return ".".join(n for n in names if n not in ("SELF", "UNKNOWN_INSTANCE"))
+
+
+def _layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
+    """Module path -> the value its last top-level tensor op produces (the module's output)."""
+    values: dict[str, torch._C.Value] = {}
+    for node in graph.nodes():
+        if not node.kind().startswith("aten::") or node.outputsSize() != 1:
+            continue
+        out = node.output()
+        if not isinstance(out.type(), torch._C.TensorType):
+            continue
+        path = _module_path(node.getModuleHierarchy())
+        parts = path.split(".") if path else []
+        # A module's output is also its parents' latest value; later ops overwrite earlier ones.
+        for i in range(1, len(parts) + 1):
+            values[".".join(parts[:i])] = out
+    return values
+
+
+def _script_head(module: torch.jit.ScriptModule, layer: str) -> AutogradHead:
+    graph = module.inlined_graph.copy()
+    value = _layer_values(graph)[layer]
+    acts_in = graph.addInput("acts")
+    acts_in.setType(value.type())
+    value.replaceAllUsesWith(acts_in)
+    # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
+    torch._C._jit_pass_dce(graph)
+    fn = torch._C._create_function_from_graph("auditor_head", graph)
+    return AutogradHead(lambda acts, x: fn(module._c, x, acts))
+
+
+class ScriptModel:
+    """A TorchScript file: activations and heads from edited copies of its inlined graph."""
+
+    def __init__(self, module: torch.jit.ScriptModule, name: str, sha256: str, input_shape: tuple[int, ...]) -> None:
+        self._module = module.eval()
+        for p in self._module.parameters():
+            p.requires_grad_(False)
+        self.name = name
+        self.sha256 = sha256
+        self.framework = "torchscript"
+        self.input_shape = tuple(input_shape)
+        self._extractors: dict[tuple[str, ...], Callable] = {}
+        self._layers: list[LayerInfo] | None = None
+        self._kinds = {
+            n: m.original_name for n, m in self._module.named_modules() if n
+        }
+
+    def _extractor(self, layers: tuple[str, ...]) -> Callable:
+        if layers not in self._extractors:
+            graph = self._module.inlined_graph.copy()
+            values = _layer_values(graph)
+            for layer in layers:
+                graph.registerOutput(values[layer])
+            graph.makeMultiOutputIntoTuple()
+            self._extractors[layers] = torch._C._create_function_from_graph("auditor_extract", graph)
+        return self._extractors[layers]
+
+    def _run(self, x: np.ndarray, layers: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        fn = self._extractor(layers)
+        logits, acts = [], {n: [] for n in layers}
+        with torch.no_grad():
+            for s in _batches(len(x)):
+                out = fn(self._module._c, torch.from_numpy(x[s]))
+                logits.append(out[0].numpy())
+                for n, a in zip(layers, out[1:]):
+                    acts[n].append(a.numpy())
+        return np.concatenate(logits).astype(np.float32), {n: np.concatenate(v).astype(np.float32) for n, v in acts.items()}
+
+    def layers(self) -> list[LayerInfo]:
+        if self._layers is None:
+            names = tuple(_layer_values(self._module.inlined_graph))
+            _, acts = self._run(np.zeros((1, *self.input_shape), np.float32), names)
+            order = [n for n, _ in self._module.named_modules() if n in acts]
+            self._layers = [LayerInfo(n, tuple(acts[n].shape[1:]), self._kinds.get(n, "")) for n in order]
+        return self._layers
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate(
+                [self._module(torch.from_numpy(x[s])).numpy() for s in _batches(len(x))]
+            ).astype(np.float32)
+
+    def _check(self, layer: str) -> None:
+        known = [li.name for li in self.layers()]
+        if layer not in known:
+            raise _unknown_layer(layer, known, self.name)
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        for layer in layers:
+            self._check(layer)
+        return self._run(x, tuple(layers))[1]
+
+    def head(self, layer: str) -> AutogradHead:
+        self._check(layer)
+        return _script_head(self._module, layer)
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class TorchSpec:
+    path: Path | None  # weights, TorchScript or .pt2 file
+    factory: str | None  # "package.module:function" building the nn.Module
+    trust_pickle: bool
+    input_shape: tuple[int, ...]
+    name: str
+
+
+def _import_factory(spec: str, search_dir: Path | None) -> Callable[[], nn.Module]:
+    if ":" not in spec:
+        raise UserError(f"factory {spec!r} must read 'module:function' (e.g. mypkg.nets:resnet18)")
+    mod_name, fn_name = spec.split(":", 1)
+    # A factory module next to the policy/weights is found without installing it.
+    if search_dir is not None and str(search_dir) not in sys.path:
+        sys.path.insert(0, str(search_dir))
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # any import failure is the user's module, not ours
+        raise UserError(f"factory {spec!r}: cannot import {mod_name}: {e}") from e
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise UserError(f"factory {spec!r}: {mod_name} has no callable {fn_name!r}")
+    return fn
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state_dict (a dict of tensors), found {type(state).__name__}")
+    return state
+
+
+def load_torch(spec: TorchSpec, search_dir: Path | None = None):
+    """Load a torch model as the spec says.
+
+    Returns a `ScriptModel` for TorchScript files and a `ModuleModel` otherwise.
+    """
+    path = spec.path
+    if path is not None and not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    sha = file_sha256([path]) if path is not None else hashlib.sha256(spec.factory.encode()).hexdigest()
+    try:
+        if spec.factory:
+            module = _import_factory(spec.factory, search_dir)()
+            if not isinstance(module, nn.Module):
+                raise UserError(f"factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module")
+            if path is not None:
+                missing, unexpected = module.load_state_dict(_load_state(path), strict=False)
+                if missing or unexpected:
+                    raise UserError(
+                        f"{path}: weights do not fit {spec.factory}: missing {list(missing)[:3]}, "
+                        f"unexpected {list(unexpected)[:3]}"
+                    )
+            return ModuleModel(module, spec.name, sha, "torch", spec.input_shape)
+        assert path is not None
+        if path.suffix == ".pt2":
+            program = torch.export.load(str(path))
+            return ModuleModel(program.module(), spec.name, sha, "torch-export", spec.input_shape)
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+            return ScriptModel(scripted, spec.name, sha, spec.input_shape)
+        except RuntimeError as script_error:
+            if not spec.trust_pickle:
+                raise UserError(
+                    f"{path}: not a TorchScript file ({str(script_error).splitlines()[0]}); a state_dict needs "
+                    "`factory: module:function`, and a pickled nn.Module needs `trust_pickle: true` "
+                    "(it runs code from the file)"
+                ) from script_error
+        module = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(module, nn.Module):
+            raise UserError(f"{path}: the pickle holds {type(module).__name__}, not an nn.Module")
+        return ModuleModel(module, spec.name, sha, "torch-pickle", spec.input_shape)
+    except UserError:
+        raise
+    except Exception as e:  # a model that does not load is a user input problem: one line, exit 2
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path or spec.factory}: cannot load torch model: {first}") from e

@@ -1,0 +1,217 @@
+"""run_audit(policy) -> AuditResult: the only orchestrator.
+
+policy -> models + image sets (all validated before any check runs) -> each check's method -> AuditResult.
+A check that crashes is recorded as ERROR and the audit goes on; a user mistake stops everything up front.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from auditor import __version__, data
+from auditor.activations import Store, StoreStats
+from auditor.context import Context, ImageSets
+from auditor.errors import UserError
+from auditor.methods import METHODS
+from auditor.models import Model, load_model
+from auditor.policy import Policy, PolicyError, check_layers
+from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
+
+LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "onnx", "onnxruntime", "weasyprint", "matplotlib", "pydantic")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    result: AuditResult
+    stats: StoreStats
+
+
+def preprocessing(policy: Policy) -> data.Preprocessing:
+    p = policy.preprocessing
+    return data.Preprocessing(size=policy.image_size, mean=tuple(p.mean), std=tuple(p.std), channel_order=p.channel_order)
+
+
+def _load_models(policy: Policy, problems: list[str]) -> dict[str, Model]:
+    models: dict[str, Model] = {}
+    shape = (3, *policy.image_size)
+    for role, spec in policy.models.items():
+        path = policy.resolve(spec.path) if spec.path else None
+        try:
+            models[role] = load_model(
+                path, spec.framework, shape, factory=spec.factory, trust_pickle=spec.trust_pickle,
+                name=spec.name or role, search_dir=policy.root,
+            )
+        except UserError as e:
+            problems.append(f"models.{role}: {e}")
+    return models
+
+
+def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str]) -> None:
+    known = {role: {li.name for li in m.layers()} for role, m in models.items()}
+
+    def check(where: str, role: str, names: list[str]) -> None:
+        if role not in known:
+            return
+        for j, name in enumerate(names):
+            if name not in known[role]:
+                problems.append(
+                    f"{where}[{j}]: layer {name!r} is not in model {role!r} "
+                    f"(`auditor layers {policy.models[role].path or policy.models[role].factory}` lists them)"
+                )
+
+    for role, names in policy.layers.items():
+        check(f"layers.{role}", role, names)
+    for i, c in enumerate(policy.checks):
+        for role, names in (c.layers or {}).items():
+            check(f"checks[{i}].layers.{role}", role, names)
+
+
+def _verify_images(images: data.ImageSet, problems: list[str]) -> None:
+    from PIL import Image
+
+    for p in images.paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception as e:  # PIL raises many types for broken files; each is the user's file
+            problems.append(f"{p}: not a readable image ({type(e).__name__})")
+
+
+def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) -> ImageSets:
+    needed_classes = sorted({k for c in policy.checks for k in c.classes})
+    needed_concepts = sorted({k for c in policy.checks if c.method == "tcav" for k in c.concepts})
+    d = policy.data
+
+    def folder(where: str, path: Path, name: str) -> data.ImageSet | None:
+        try:
+            s = data.folder_set(name, path, pre)
+        except UserError as e:
+            problems.append(f"{where}: {e}")
+            return None
+        _verify_images(s, problems)
+        return s
+
+    root = policy.resolve(d.classes.folder)
+    classes = {k: folder(f"data.classes ({k})", root / k, f"class:{k}") for k in needed_classes}
+    concepts = {}
+    if d.concepts is not None:
+        croot = policy.resolve(d.concepts.folder)
+        concepts = {k: folder(f"data.concepts ({k})", croot / k, f"concept:{k}") for k in needed_concepts}
+    pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
+    return ImageSets(
+        classes={k: v for k, v in classes.items() if v is not None},
+        concepts={k: v for k, v in concepts.items() if v is not None},
+        random_pool=pool,
+    )
+
+
+def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Context:
+    """Load models and image sets and check everything the policy names exists; raise PolicyError listing
+    every problem (one line each) before any computation starts."""
+    problems: list[str] = []
+    pre = preprocessing(policy)
+    log("loading models")
+    models = _load_models(policy, problems)
+    _check_layers(policy, models, problems)
+    log("checking image sets")
+    sets = _image_sets(policy, pre, problems)
+    if problems:
+        raise PolicyError(policy.source, problems)
+    return Context(policy=policy, models=models, sets=sets, store=Store(cache_dir, pre, log), log=log)
+
+
+def created_timestamp() -> str:
+    """Now in UTC, or SOURCE_DATE_EPOCH when set (reproducible reports)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(ctx: Context, command: str) -> Provenance:
+    policy = ctx.policy
+    sets = list(ctx.sets.classes.values()) + list(ctx.sets.concepts.values())
+    if ctx.sets.random_pool is not None:
+        sets.append(ctx.sets.random_pool)
+    return Provenance(
+        tool_version=__version__,
+        created=created_timestamp(),
+        policy_sha256=policy.sha256,
+        policy_path=policy.source,
+        seed=policy.seed,
+        models=[
+            ModelInfo(
+                role=role, name=m.name, framework=m.framework, sha256=m.sha256,
+                path=str(policy.models[role].path or policy.models[role].factory),
+                trust_pickle=policy.models[role].trust_pickle,
+            )
+            for role, m in ctx.models.items()
+        ],
+        image_sets=[ImageSetInfo(name=s.name, fingerprint=s.fingerprint, count=len(s)) for s in sets],
+        libraries=library_versions(),
+        command=command,
+    )
+
+
+def _run_check(check, ctx: Context, errors_log: Path | None) -> CheckResult:
+    try:
+        return METHODS[check.method](check, ctx)
+    except UserError:
+        raise
+    except Exception as e:  # a crashed check is ERROR in the report; the rest of the audit still runs
+        if errors_log is not None:
+            with open(errors_log, "a", encoding="utf-8") as f:
+                f.write(f"--- check {check.id}\n{traceback.format_exc()}\n")
+        ctx.log(f"check {check.id} crashed: {type(e).__name__}: {e}")
+        return CheckResult(
+            id=check.id, method=check.method, status=Status.ERROR, severity=check.severity,
+            summary=f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            requirement="(not evaluated)", findings=[], details={"layers": check_layers(ctx.policy, check)},
+        )
+
+
+def run_audit(
+    policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None
+) -> RunOutcome:
+    ctx = prepare(policy, cache_dir, log)
+    checks = []
+    for check in policy.checks:
+        log(f"check {check.id} ({check.method})")
+        checks.append(_run_check(check, ctx, errors_log))
+    verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
+    s = ctx.store.stats
+    log(
+        f"store: {s.extracted} activation arrays extracted in {s.forward_passes} forward passes, "
+        f"{s.from_disk} from the disk cache; {s.gradients} gradient arrays computed, {s.gradients_from_disk} from cache"
+    )
+    result = AuditResult(
+        schema_version=SCHEMA_VERSION, title=policy.title, verdict=verdict,
+        provenance=provenance(ctx, command), checks=checks,
+    )
+    return RunOutcome(result=result, stats=s)
+
+
+def exit_code(result: AuditResult, fail_on: str = "minor") -> int:
+    """0 pass; 1 a check failed at or above `fail_on`; 3 a check crashed (the audit is incomplete)."""
+    if any(c.status == Status.ERROR for c in result.checks):
+        return 3
+    rank = {"critical": 0, "major": 1, "minor": 2}
+    if any(c.status == Status.FAIL and rank[c.severity] <= rank[fail_on] for c in result.checks):
+        return 1
+    return 0

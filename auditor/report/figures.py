@@ -1,0 +1,263 @@
+"""Report figures: plain data in, one reproducible SVG file out.
+
+Every function here is pure in the sense that matters for a signed report: it takes plain values and an output
+path, writes exactly that file and returns its path; the same input gives the same bytes. Nothing reads
+results.json and nothing imports pyplot, so no GUI backend or global figure state is ever involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies and in greyscale print.
+OKABE_ITO = (
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#009E73",  # bluish green
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#CC79A7",  # reddish purple
+    "#F0E442",  # yellow (last: weak contrast on white)
+    "#000000",  # black
+)
+GREY = "#7F7F7F"
+LIGHT_GREY = "#BDBDBD"
+
+# Width of the report's text column (A4 minus margins), so figures print at 1:1 and 8 pt stays 8 pt.
+PAGE_WIDTH_IN = 6.7
+
+_RC: dict[str, Any] = {
+    # Reproducible SVG: fixed id salt, glyphs as paths (no dependence on the viewer's fonts), no date stamp.
+    "svg.hashsalt": "concept-auditor",
+    "svg.fonttype": "path",
+    "svg.image_inline": True,
+    "font.family": "DejaVu Sans",
+    "font.size": 8.0,
+    "axes.titlesize": 9.0,
+    "axes.labelsize": 8.0,
+    "legend.fontsize": 7.5,
+    "xtick.labelsize": 7.5,
+    "ytick.labelsize": 7.5,
+    # Names come from users ($ in a concept name must not switch to mathtext).
+    "text.parse_math": False,
+    "text.usetex": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "hatch.linewidth": 0.6,
+}
+
+
+@dataclass(frozen=True)
+class TcavBar:
+    """One bar of a TCAV chart: one (group, layer) cell.
+
+    ``score`` is the mean TCAV score in [0, 1] over the random runs (None when the CAV was not learned and no
+    score exists), ``std`` its spread; ``random_mean``/``random_std`` describe the random-vs-random scores.
+    """
+
+    group: str
+    layer: str
+    score: float | None
+    std: float | None
+    random_mean: float | None
+    random_std: float | None
+    significant: bool
+    learned: bool
+
+
+@dataclass(frozen=True)
+class AccuracyPanel:
+    """CAV accuracies of one model: ``lines[concept][i]`` is the accuracy at ``layers[i]`` (None: not run)."""
+
+    title: str
+    layers: tuple[str, ...]
+    lines: Mapping[str, Sequence[float | None]]
+
+
+def shorten(name: str, limit: int = 30) -> str:
+    """Shorten a long name for a figure label, keeping its end (where tensor names differ).
+
+    Tables in the report always carry the full name; figures only need to tell names apart.
+    """
+    if len(name) <= limit:
+        return name
+    return "…" + name[-(limit - 1) :]
+
+
+def wrap_hard(text: str, width: int = 20, max_lines: int = 3) -> str:
+    """Break ``text`` into lines of at most ``width`` characters, at spaces when possible, else anywhere."""
+    lines: list[str] = []
+    rest = text
+    while rest and len(lines) < max_lines:
+        if len(rest) <= width:
+            lines.append(rest)
+            rest = ""
+            break
+        cut = rest.rfind(" ", 1, width + 1)
+        cut = cut if cut > 0 else width
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        lines[-1] = lines[-1][: max(width - 1, 1)] + "…"
+    return "\n".join(lines)
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Metadata Date=None: no timestamp in the file, so re-rendering gives identical bytes.
+    fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=0.04)
+    return out
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def tcav_scores(
+    bars: Sequence[TcavBar],
+    groups: Sequence[str],
+    layers: Sequence[str],
+    out: Path,
+    *,
+    title: str,
+) -> Path:
+    """Grouped bar chart of TCAV scores: one group per (class, concept), one bar per layer in depth order.
+
+    Error bars are the std over random runs; a grey band with a dashed line marks the random-vs-random mean
+    ± std of that cell; a star marks a significant difference from random; hatched grey bars are cells whose
+    CAV was not learned (their score, if any, is not evidence).
+
+    Parameters
+    ----------
+    bars : cells to draw; ``bar.group`` must be in ``groups`` and ``bar.layer`` in ``layers``.
+    groups : x-axis groups, left to right (labels may contain newlines).
+    layers : layer names in depth order; one colour each.
+    out : path of the SVG file to write.
+    title : panel title (the model).
+
+    Returns
+    -------
+    Path : ``out``.
+    """
+    with matplotlib.rc_context(_RC):
+        n_groups, n_layers = max(len(groups), 1), max(len(layers), 1)
+        fig = _new_figure(PAGE_WIDTH_IN, 2.9 + 0.16 * ((n_layers + 3) // 3))
+        ax = fig.add_subplot(1, 1, 1)
+        group_x = {g: i for i, g in enumerate(groups)}
+        layer_i = {lay: i for i, lay in enumerate(layers)}
+        width = 0.8 / n_layers
+        for bar in bars:
+            i = layer_i[bar.layer]
+            x = group_x[bar.group] - 0.4 + width * (i + 0.5)
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            if bar.learned and bar.score is not None:
+                ax.bar(x, bar.score, width * 0.92, color=color, edgecolor="black", linewidth=0.4, zorder=2)
+            else:
+                # A stub when there is no score: the cell exists but carries no evidence.
+                height = bar.score if bar.score is not None else 0.06
+                ax.bar(
+                    x, height, width * 0.92, facecolor="white", edgecolor=GREY, hatch="////",
+                    linewidth=0.5, zorder=2,
+                )
+                ax.text(x, height + 0.02, "not learned", rotation=90, ha="center", va="bottom",
+                        fontsize=6.5, color=GREY, zorder=4)
+            if bar.random_mean is not None:
+                spread = bar.random_std or 0.0
+                ax.add_patch(Rectangle(
+                    (x - width / 2, bar.random_mean - spread), width, 2 * spread,
+                    facecolor=GREY, alpha=0.35, linewidth=0, zorder=3,
+                ))
+                ax.plot([x - width / 2, x + width / 2], [bar.random_mean] * 2, color="#333333",
+                        linestyle=(0, (2.5, 1.5)), linewidth=0.9, zorder=3)
+            top = bar.score if bar.score is not None else 0.0
+            if bar.learned and bar.score is not None and bar.std:
+                ax.errorbar(x, bar.score, yerr=bar.std, fmt="none", ecolor="black", elinewidth=0.7,
+                            capsize=1.8, capthick=0.7, zorder=4)
+                top += bar.std
+            if bar.significant and bar.learned:
+                ax.plot([x], [min(top + 0.05, 1.09)], marker="*", markersize=6, color="black",
+                        linestyle="none", zorder=5)
+        ax.set_xlim(-0.55, n_groups - 0.45)
+        ax.set_ylim(0.0, 1.14)
+        ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_ylabel("TCAV score")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(list(groups))
+        ax.tick_params(axis="x", length=0)
+        ax.grid(axis="y", color="#E5E5E5", linewidth=0.6, zorder=0)
+        ax.set_axisbelow(True)
+        ax.set_title(title, loc="left")
+        handles: list[Any] = [
+            Patch(facecolor=OKABE_ITO[i % len(OKABE_ITO)], edgecolor="black", linewidth=0.4, label=shorten(lay))
+            for i, lay in enumerate(layers)
+        ]
+        handles += [
+            (Patch(facecolor=GREY, alpha=0.35, linewidth=0),
+             Line2D([], [], color="#333333", linestyle=(0, (2.5, 1.5)), linewidth=0.9)),
+            Patch(facecolor="white", edgecolor=GREY, hatch="////", linewidth=0.5),
+            Line2D([], [], marker="*", linestyle="none", color="black", markersize=6),
+        ]
+        labels = [shorten(lay) for lay in layers] + [
+            "random vs random (mean ± std)", "CAV not learned", "significant vs random",
+        ]
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False,
+                  handlelength=1.6, columnspacing=1.4)
+        return _save(fig, out)
+
+
+def cav_accuracy(panels: Sequence[AccuracyPanel], out: Path, *, threshold: float = 0.6) -> Path:
+    """Line chart of CAV accuracy by layer, one panel per model, one line per concept.
+
+    A dashed line marks ``threshold`` (below it the CAV counts as not learned), a dotted one chance (0.5).
+
+    Returns
+    -------
+    Path : ``out``.
+    """
+    with matplotlib.rc_context(_RC):
+        n = max(len(panels), 1)
+        fig = _new_figure(PAGE_WIDTH_IN, 2.3)
+        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+        concepts: list[str] = []
+        for p in panels:
+            concepts += [c for c in p.lines if c not in concepts]
+        colour = {c: OKABE_ITO[(i + 3) % len(OKABE_ITO)] for i, c in enumerate(concepts)}
+        markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+        for ax, panel in zip(axes, panels):
+            xs = list(range(len(panel.layers)))
+            for concept, accs in panel.lines.items():
+                pts = [(x, a) for x, a in zip(xs, accs) if a is not None]
+                if not pts:
+                    continue
+                ci = concepts.index(concept)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[concept],
+                        marker=markers[ci % len(markers)], markersize=4, linewidth=1.2, label=concept)
+            ax.axhline(threshold, color="#333333", linestyle=(0, (3, 2)), linewidth=0.8)
+            ax.axhline(0.5, color=GREY, linestyle=":", linewidth=0.8)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([shorten(lay, 18) for lay in panel.layers], rotation=25, ha="right")
+            ax.set_xlim(-0.4, max(len(xs) - 0.6, 0.4))
+            ax.set_ylim(0.4, 1.02)
+            ax.set_title(panel.title, loc="left")
+            ax.grid(axis="y", color="#E5E5E5", linewidth=0.6)
+            ax.set_axisbelow(True)
+        axes[0].set_ylabel("CAV accuracy (held out)")
+        handles = [Line2D([], [], color=colour[c], marker=markers[i % len(markers)], markersize=4,
+                          linewidth=1.2) for i, c in enumerate(concepts)]
+        handles += [Line2D([], [], color="#333333", linestyle=(0, (3, 2)), linewidth=0.8),
+                    Line2D([], [], color=GREY, linestyle=":", linewidth=0.8)]
+        labels = [shorten(c, 28) for c in concepts] + [f"learned threshold ({threshold:g})", "chance (0.5)"]
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+        return _save(fig, out)

@@ -1,0 +1,725 @@
+"""Render an audit report from results.json alone: HTML -> PDF (WeasyPrint), junit.xml, summary.md, SVG figures.
+
+The report never recomputes anything: every number on the page is read from results.json (which is also
+embedded in the PDF). Re-rendering the same file gives the same HTML and SVG bytes: the date printed is the
+audit's `provenance.created`, never the time of rendering.
+
+Check sections are dispatched on `check.method` through SECTIONS (a dict literal): adding a method to the report
+means one section builder here and one macro in templates/report.html.j2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import jinja2
+from markupsafe import Markup
+
+from auditor import __version__, results
+from auditor.errors import UserError
+from auditor.report import figures
+from auditor.results import AuditResult, CheckResult, Status
+
+TEMPLATE = "report.html.j2"
+STYLESHEET = "report.css"
+
+TCAV_LIMITS_NOTE = (
+    "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
+    "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
+    "concept onto images), reported separately where available."
+)
+# METHODS.md, TCAV step 4: mean held-out CAV accuracy below this means "not learned at this layer".
+DEFAULT_MIN_CAV_ACCURACY = 0.6
+
+_STATUS_ICON = {
+    Status.PASS: "✅", Status.FAIL: "❌", Status.WARN: "⚠️", Status.ERROR: "⛔", Status.SKIPPED: "⏭️",
+}
+
+
+class ResultsError(UserError):
+    """results.json is missing, not JSON, or lacks what the report needs (exit code 2)."""
+
+
+class RenderError(Exception):
+    """The report could not be produced as a whole (e.g. a figure it refers to does not exist)."""
+
+
+@dataclass(frozen=True)
+class RenderedReport:
+    """Paths of everything one render wrote (all inside ``out_dir``)."""
+
+    out_dir: Path
+    html: Path
+    pdf: Path
+    junit: Path
+    summary: Path
+    assets: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    """A figure as the template sees it: ``src`` relative to the out directory (``assets/...``)."""
+
+    src: str
+    caption: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One check's section: ``block`` names the macro in report.html.j2 that draws ``data``."""
+
+    block: str
+    check: CheckResult
+    anchor: str
+    data: Mapping[str, Any]
+    figures: tuple[FigureRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class SectionContext:
+    """What a section builder may use besides its check: the whole result (read only) and where figures go."""
+
+    result: AuditResult
+    assets_dir: Path  # where figures are written during this render (a staging folder)
+    stem: str  # file-name stem unique to this check, e.g. "check-1-tcav-shortcut"
+    roles: tuple[str, ...]  # model roles in the order of provenance.models
+    model_names: Mapping[str, str] = field(default_factory=dict)
+
+    def figure(self, name: str) -> tuple[Path, str]:
+        """(path to write now, src for the HTML) of this check's figure ``name`` (e.g. ``tcav-0.svg``)."""
+        filename = f"{self.stem}-{name}"
+        return self.assets_dir / filename, f"assets/{filename}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt_num(value: Any, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; None as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def fmt_pm(value: Any, spread: Any, digits: int = 2) -> str:
+    """``value ± spread``; just the value when the spread is unknown."""
+    if value is None:
+        return "—"
+    if spread is None:
+        return fmt_num(value, digits)
+    return f"{fmt_num(value, digits)} ± {fmt_num(spread, digits)}"
+
+
+def fmt_p(p: Any) -> str:
+    """A p-value in 3 significant digits; scientific below 0.001."""
+    if p is None:
+        return "—"
+    p = float(p)
+    if p == 0.0:
+        return "0"
+    if p < 1e-3:
+        return f"{p:.2e}"
+    return f"{p:.3g}"
+
+
+def fmt_value(value: Any) -> str:
+    """Any JSON value for a generic table cell."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value == 0.0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.3g}"
+        return f"{value:.2e}"
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 400 else text[:400] + " … (full value in results.json)"
+
+
+def _parse_created(created: str) -> datetime | None:
+    try:
+        dt = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    # results.py documents `created` as UTC; a naive stamp is read as such.
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def fmt_date(created: str) -> str:
+    """The audit's date for print (``2025-11-23 13:21 UTC``); the raw text when it is not ISO 8601."""
+    dt = _parse_created(created)
+    return dt.strftime("%Y-%m-%d %H:%M UTC") if dt else created
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "x"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading results.json
+
+
+def load_results(path: Path) -> tuple[bytes, AuditResult]:
+    """Read and validate results.json; returns its bytes (embedded in the PDF) and the parsed result.
+
+    Raises
+    ------
+    ResultsError : the file is missing, not JSON, of another schema major version, or lacks a required key
+        (the message names the key path, e.g. ``checks[1].status``).
+    """
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read results file ({exc.strerror or exc})") from None
+    try:
+        raw = json.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise ResultsError(f"{path}: expected a JSON object at the top level")
+    version = raw.get("schema_version")
+    if isinstance(version, str) and version.split(".")[0] != results.SCHEMA_VERSION.split(".")[0]:
+        raise ResultsError(
+            f"{path}: schema_version {version} is not supported by this renderer "
+            f"(it reads {results.SCHEMA_VERSION.split('.')[0]}.x); re-run the audit with this tool version"
+        )
+    try:
+        result = results.from_dict(raw)
+    except KeyError as exc:
+        where = _locate_missing(raw, str(exc.args[0]))
+        raise ResultsError(f"{path}: missing required key {where}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ResultsError(f"{path}: malformed results ({exc})") from None
+    return raw_bytes, result
+
+
+def _locate_missing(raw: Mapping[str, Any], key: str) -> str:
+    """The key path of the first object that should hold ``key`` but does not (by the dataclass fields)."""
+    places: list[tuple[str, Any, type]] = [("", raw, results.AuditResult)]
+    prov = raw.get("provenance")
+    if isinstance(prov, dict):
+        places.append(("provenance.", prov, results.Provenance))
+        for name, cls in (("models", results.ModelInfo), ("image_sets", results.ImageSetInfo)):
+            for i, item in enumerate(prov.get(name) or []):
+                places.append((f"provenance.{name}[{i}].", item, cls))
+    for i, check in enumerate(raw.get("checks") or []):
+        label = f"checks[{i}]" + (f" (id {check['id']!r})" if isinstance(check, dict) and "id" in check else "")
+        places.append((label + ".", check, results.CheckResult))
+    for prefix, obj, cls in places:
+        if isinstance(obj, dict) and key not in obj and key in {f.name for f in fields(cls)}:
+            return f"'{prefix}{key}'"
+    return f"'{key}'"
+
+
+def _need(mapping: Any, key: str, where: str) -> Any:
+    if not isinstance(mapping, Mapping):
+        raise ResultsError(f"{where} is not an object")
+    if key not in mapping:
+        raise ResultsError(f"{where} is missing the key {key!r}")
+    return mapping[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Check sections
+
+
+def generic_section(check: CheckResult, ctx: SectionContext) -> Section:
+    """Any method without its own section (and any ERROR/SKIPPED check): status, texts, all findings' keys."""
+    columns: list[str] = []
+    for finding in check.findings:
+        if isinstance(finding, Mapping):
+            columns += [k for k in finding if k not in columns]
+    if all(isinstance(f, Mapping) for f in check.findings):
+        rows = [[fmt_value(f.get(c)) for c in columns] for f in check.findings]
+    else:
+        columns, rows = ["finding"], [[fmt_value(f)] for f in check.findings]
+    details = [(str(k), fmt_value(v)) for k, v in sorted(check.details.items())]
+    return Section(
+        block="generic",
+        check=check,
+        anchor=ctx.stem,
+        data={"columns": columns, "rows": rows, "details": details},
+    )
+
+
+@dataclass(frozen=True)
+class _TcavRow:
+    model: str
+    layer: str
+    cls: str
+    concept: str
+    score: float | None
+    score_std: float | None
+    p_value: float | None
+    p_adjusted: float | None
+    significant: bool
+    cav_accuracy: float | None
+    learned: bool
+    random_mean: float | None
+    random_std: float | None
+    verdict: str
+
+
+def _tcav_row(finding: Any, where: str) -> _TcavRow:
+    for key in ("model", "layer", "class", "concept", "significant", "learned", "verdict"):
+        _need(finding, key, where)
+    return _TcavRow(
+        model=str(finding["model"]),
+        layer=str(finding["layer"]),
+        cls=str(finding["class"]),
+        concept=str(finding["concept"]),
+        score=finding.get("score"),
+        score_std=finding.get("score_std"),
+        p_value=finding.get("p_value"),
+        p_adjusted=finding.get("p_adjusted"),
+        significant=bool(finding["significant"]),
+        cav_accuracy=finding.get("cav_accuracy"),
+        learned=bool(finding["learned"]),
+        random_mean=finding.get("random_score_mean"),
+        random_std=finding.get("random_score_std"),
+        verdict=str(finding["verdict"]),
+    )
+
+
+def _ordered(first: Sequence[str], seen: Sequence[str]) -> list[str]:
+    out = [x for x in first if x in seen]
+    return out + [x for x in dict.fromkeys(seen) if x not in out]
+
+
+_SPACE_WORDS = {
+    "pooled": "spatially pooled activations (one CAV per layer applied at every position)",
+    "flatten": "flattened activations (position-specific)",
+}
+
+
+def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
+    """TCAV: score bars per model and layer against the random-vs-random band, CAV accuracy, table, requirements."""
+    where = f"check {check.id!r} (tcav)"
+    details = check.details
+    settings = _need(details, "settings", f"{where}: details")
+    for key in ("cav", "space", "random_sets", "set_size", "alpha", "test"):
+        _need(settings, key, f"{where}: details.settings")
+    threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
+    rows = [_tcav_row(f, f"{where}: findings[{i}]") for i, f in enumerate(check.findings)]
+
+    roles = _ordered(ctx.roles, [r.model for r in rows])
+    declared_layers = details.get("layers") or {}
+    layers = {
+        role: _ordered([str(x) for x in declared_layers.get(role, [])], [r.layer for r in rows if r.model == role])
+        for role in roles
+    }
+    pairs = list(dict.fromkeys((r.cls, r.concept) for r in rows))
+    classes = list(dict.fromkeys(r.cls for r in rows))
+    concepts = list(dict.fromkeys(r.concept for r in rows))
+
+    def group_label(pair: tuple[str, str]) -> str:
+        return figures.wrap_hard(pair[1], 22, 2) + "\n" + figures.wrap_hard(f"class {pair[0]}", 22, 2)
+
+    figs: list[FigureRef] = []
+    for ri, role in enumerate(roles):
+        mine = [r for r in rows if r.model == role]
+        present = list(dict.fromkeys((r.cls, r.concept) for r in mine))
+        bars = [
+            figures.TcavBar(
+                group=group_label((r.cls, r.concept)), layer=r.layer, score=r.score, std=r.score_std,
+                random_mean=r.random_mean, random_std=r.random_std, significant=r.significant, learned=r.learned,
+            )
+            for r in mine
+        ]
+        path, src = ctx.figure(f"tcav-{ri}-{_slug(role, 20)}.svg")
+        name = ctx.model_names.get(role, "")
+        figures.tcav_scores(
+            bars, [group_label(p) for p in pairs if p in present], layers[role], path,
+            title=f"{role}: {name}" if name else role,
+        )
+        figs.append(FigureRef(
+            src=src,
+            alt=f"TCAV scores of the {role} model by concept and layer",
+            caption=(
+                f"TCAV scores of the {role} model, one bar per layer (shallow to deep, left to right). "
+                "What to look at: a starred bar far from the grey random-vs-random band is a significant "
+                "sensitivity of the class logit to the concept at that layer (above the band: the logit rises "
+                "along the concept; below: less than chance). Hatched grey bars are layers where the concept was "
+                f"not learned (CAV accuracy < {threshold:g}): no evidence either way. Error bars: std over "
+                f"{fmt_value(settings['random_sets'])} random sets."
+            ),
+        ))
+
+    panels = []
+    for role in roles:
+        lines: dict[str, list[float | None]] = {}
+        for concept in concepts:
+            accs: list[float | None] = []
+            for layer in layers[role]:
+                vals = [r.cav_accuracy for r in rows if r.model == role and r.layer == layer
+                        and r.concept == concept and r.cav_accuracy is not None]
+                # The CAV does not depend on the class; repeated rows per class carry the same accuracy.
+                accs.append(sum(vals) / len(vals) if vals else None)
+            lines[concept] = accs
+        panels.append(figures.AccuracyPanel(title=role, layers=tuple(layers[role]), lines=lines))
+    if panels:
+        path, src = ctx.figure("cav-accuracy.svg")
+        figures.cav_accuracy(panels, path, threshold=threshold)
+        figs.append(FigureRef(
+            src=src,
+            alt="Held-out CAV accuracy by layer for each model and concept",
+            caption=(
+                "Held-out accuracy of the concept-vs-random classifiers (CAVs) by layer. What to look at: points "
+                f"below the dashed line ({threshold:g}) mean the layer does not separate the concept from random "
+                "images, so its TCAV score is not tested; near the dotted line (0.5) is chance."
+            ),
+        ))
+
+    role_i = {role: i for i, role in enumerate(roles)}
+    pair_i = {p: i for i, p in enumerate(pairs)}
+    layer_i = {(role, lay): i for role in roles for i, lay in enumerate(layers[role])}
+    table = [
+        {
+            "model": r.model, "layer": r.layer, "class": r.cls, "concept": r.concept,
+            "score": fmt_pm(r.score, r.score_std), "random": fmt_pm(r.random_mean, r.random_std),
+            "p": fmt_p(r.p_value), "p_adj": fmt_p(r.p_adjusted), "cav_acc": fmt_num(r.cav_accuracy),
+            "verdict": r.verdict, "verdict_class": _slug(r.verdict), "significant": r.significant,
+            "new_model": False,
+        }
+        for r in sorted(rows, key=lambda r: (role_i[r.model], pair_i[(r.cls, r.concept)], layer_i[(r.model, r.layer)]))
+    ]
+    for i, row in enumerate(table):
+        row["new_model"] = i > 0 and table[i - 1]["model"] != row["model"]
+
+    requirements = [
+        {
+            "text": str(_need(req, "text", f"{where}: details.requirements[{i}]")),
+            "model": str(req.get("model", "")),
+            "met": bool(_need(req, "met", f"{where}: details.requirements[{i}]")),
+        }
+        for i, req in enumerate(details.get("requirements") or [])
+    ]
+    settings_rows = [
+        ("CAV learner", fmt_value(settings["cav"])),
+        ("Activation space", fmt_value(settings["space"])),
+        ("Random sets", fmt_value(settings["random_sets"])),
+        ("Images per set", fmt_value(settings["set_size"])),
+        ("Significance level α", fmt_value(settings["alpha"])),
+        ("Test", fmt_value(settings["test"])),
+    ]
+    if "family_size" in settings:
+        settings_rows.append(("Tests in the Holm family", fmt_value(settings["family_size"])))
+    return Section(
+        block="tcav",
+        check=check,
+        anchor=ctx.stem,
+        figures=tuple(figs),
+        data={
+            "classes": classes,
+            "concepts": concepts,
+            "layers": [(role, layers[role]) for role in roles],
+            "settings": settings,
+            "space_words": _SPACE_WORDS.get(str(settings["space"]), f"{settings['space']} activations"),
+            "settings_rows": settings_rows,
+            "threshold": f"{threshold:g}",
+            "table": table,
+            "requirements": requirements,
+            "notes": [str(n) for n in details.get("notes") or []],
+            "limits": TCAV_LIMITS_NOTE,
+        },
+    )
+
+
+SectionBuilder = Callable[[CheckResult, SectionContext], Section]
+
+# Method name -> section builder; methods not listed get the generic section.
+SECTIONS: dict[str, SectionBuilder] = {
+    "tcav": tcav_section,
+}
+
+
+def build_section(index: int, check: CheckResult, result: AuditResult, assets_dir: Path) -> Section:
+    """The section of ``check`` (the ``index``-th check), its figures written under ``assets_dir``."""
+    ctx = SectionContext(
+        result=result,
+        assets_dir=assets_dir,
+        stem=f"check-{index + 1}-{_slug(check.id)}",
+        roles=tuple(m.role for m in result.provenance.models),
+        model_names={m.role: m.name for m in result.provenance.models},
+    )
+    # A check that crashed or was skipped has no method material to draw: its summary says why.
+    if check.status in (Status.ERROR, Status.SKIPPED):
+        return generic_section(check, ctx)
+    builder = SECTIONS.get(check.method, generic_section)
+    try:
+        return builder(check, ctx)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(
+            f"check {check.id!r} ({check.method}): malformed findings or details ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _environment() -> jinja2.Environment:
+    package = files("auditor.templates")
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: package.joinpath(name).read_text(encoding="utf-8")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=fmt_num, pval=fmt_p, value=fmt_value, slug=_slug)
+    return env
+
+
+def _verdict_summary(result: AuditResult) -> dict[str, Any]:
+    counts = {s: sum(1 for c in result.checks if c.status is s) for s in Status}
+    n = len(result.checks)
+    parts = []
+    if counts[Status.FAIL]:
+        failed = [c for c in result.checks if c.status is Status.FAIL]
+        parts.append(f"{counts[Status.FAIL]} of {n} checks failed")
+        by_sev = [s for s in results.SEVERITIES if any(c.severity == s for c in failed)]
+        if by_sev:
+            parts[-1] += " (" + ", ".join(f"{sum(c.severity == s for c in failed)} {s}" for s in by_sev) + ")"
+    if counts[Status.ERROR]:
+        parts.append(f"{counts[Status.ERROR]} could not be computed")
+    if counts[Status.WARN]:
+        parts.append(f"{counts[Status.WARN]} with warnings")
+    if counts[Status.SKIPPED]:
+        parts.append(f"{counts[Status.SKIPPED]} skipped")
+    if not parts:
+        parts.append(f"all {n} checks met their requirements")
+    verdict = result.verdict.upper()
+    return {
+        "word": verdict,
+        "class": {"PASS": "pass", "FAIL": "fail"}.get(verdict, "other"),
+        "text": "; ".join(parts),
+        "counts": {s.value: counts[s] for s in Status},
+    }
+
+
+def render_html(result: AuditResult, sections: Sequence[Section]) -> str:
+    """The report as one HTML document (CSS inlined; figures referenced as ``assets/...``)."""
+    env = _environment()
+    css = files("auditor.templates").joinpath(STYLESHEET).read_text(encoding="utf-8")
+    created = _parse_created(result.provenance.created)
+    return env.get_template(TEMPLATE).render(
+        result=result,
+        prov=result.provenance,
+        sections=sections,
+        verdict=_verdict_summary(result),
+        date=fmt_date(result.provenance.created),
+        created_w3c=created.strftime("%Y-%m-%dT%H:%M:%SZ") if created else None,
+        css=Markup(css),  # our own stylesheet, shipped with the package
+        renderer_version=__version__,
+        Status=Status,
+    )
+
+
+_SRC = re.compile(r'\bsrc="([^"]*)"')
+
+
+def _check_assets(html: str, roots: Sequence[Path]) -> None:
+    """Every image the HTML refers to must exist: a missing figure is an error, never a blank space."""
+    for src in _SRC.findall(html):
+        if src.startswith("data:"):
+            continue
+        if urlsplit(src).scheme or src.startswith("/") or ".." in Path(src).parts:
+            raise RenderError(f"report.html refers to {src!r}: only files under assets/ may be used")
+        if not any((root / src).is_file() for root in roots):
+            raise RenderError(f"report.html refers to {src!r}, which does not exist")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PDF
+
+
+def _write_pdf(html: str, target: Path, out_dir: Path, stage: Path, attachment: bytes, result: AuditResult) -> None:
+    # Imported here: WeasyPrint loads Pango at import, and nothing else in the package needs it.
+    from weasyprint import HTML, Attachment
+    from weasyprint.urls import FatalURLFetchingError, URLFetcher
+
+    class LocalFetcher(URLFetcher):
+        """Local files only; files of this render come from the staging folder; a missing file stops it."""
+
+        def __init__(self) -> None:
+            super().__init__(allowed_protocols={"file", "data"}, fail_on_errors=True)
+
+        def fetch(self, url: str, headers: Any = None) -> Any:
+            if url.startswith("file:"):
+                path = Path(url2pathname(urlsplit(url).path)).resolve()
+                if path.is_relative_to(out_dir.resolve()):
+                    staged = stage.resolve() / path.relative_to(out_dir.resolve())
+                    if staged.is_file():
+                        return super().fetch(staged.as_uri(), headers)
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file: {path}")
+            return super().fetch(url, headers)
+
+    created = _parse_created(result.provenance.created) or datetime(1970, 1, 1, tzinfo=timezone.utc)
+    fetcher = LocalFetcher()
+    try:
+        document = HTML(string=html, base_url=out_dir.resolve().as_uri() + "/", url_fetcher=fetcher)
+        document.write_pdf(
+            target,
+            pdf_variant="pdf/a-3b",
+            attachments=[Attachment(
+                string=attachment, name="results.json", url_fetcher=fetcher,
+                description="The audit results this report was rendered from",
+                created=created, modified=created, relationship="Source",
+            )],
+        )
+    except FatalURLFetchingError as exc:
+        raise RenderError(f"PDF rendering stopped: {exc} ({exc.__cause__})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# junit.xml and summary.md
+
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _XML_ILLEGAL.sub("\ufffd", text)
+
+
+def junit_xml(result: AuditResult) -> bytes:
+    """JUnit XML: one testcase per check (classname = method, name = check id)."""
+    count = {s: sum(1 for c in result.checks if c.status is s) for s in Status}
+    totals = {
+        "tests": str(len(result.checks)), "failures": str(count[Status.FAIL]),
+        "errors": str(count[Status.ERROR]), "skipped": str(count[Status.SKIPPED]),
+    }
+    root = ET.Element("testsuites", {"name": _xml_text(result.title), **totals})
+    suite = ET.SubElement(root, "testsuite", {"name": _xml_text(result.title), **totals})
+    props = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("verdict", result.verdict), ("created", result.provenance.created),
+        ("policy_sha256", result.provenance.policy_sha256), ("tool_version", result.provenance.tool_version),
+    ):
+        ET.SubElement(props, "property", name=name, value=_xml_text(str(value)))
+    for check in result.checks:
+        case = ET.SubElement(suite, "testcase", classname=_xml_text(check.method), name=_xml_text(check.id))
+        body = _xml_text(f"{check.summary}\nRequirement: {check.requirement}\nSeverity: {check.severity}")
+        summary = _xml_text(check.summary)
+        if check.status is Status.FAIL:
+            ET.SubElement(case, "failure", message=summary, type=_xml_text(check.severity)).text = body
+        elif check.status is Status.ERROR:
+            ET.SubElement(case, "error", message=summary, type="ERROR").text = body
+        elif check.status is Status.SKIPPED:
+            ET.SubElement(case, "skipped", message=summary)
+        elif check.status is Status.WARN:
+            ET.SubElement(case, "system-out").text = _xml_text(f"WARN: {check.summary}")
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _md(text: str) -> str:
+    """Text for a markdown table cell: no HTML, no table breaks, no accidental emphasis or links."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+    return " ".join(text.split())
+
+
+def summary_markdown(result: AuditResult) -> str:
+    """summary.md for a CI job summary: the verdict line and one table row per check."""
+    verdict = _verdict_summary(result)
+    prov = result.provenance
+    icon = _STATUS_ICON[Status.PASS] if verdict["word"] == "PASS" else _STATUS_ICON[Status.FAIL]
+    lines = [
+        f"## {_md(result.title)}",
+        "",
+        f"{icon} **Verdict: {_md(verdict['word'])}** — {_md(verdict['text'])}.",
+        "",
+        f"Audit of {fmt_date(prov.created)} · concept-auditor {_md(prov.tool_version)} · "
+        f"policy sha256 `{prov.policy_sha256}`",
+        "",
+        "| Check | Method | Severity | Status | Summary |",
+        "|---|---|---|---|---|",
+    ]
+    for c in result.checks:
+        lines.append(
+            f"| {_md(c.id)} | {_md(c.method)} | {_md(c.severity)} | {_STATUS_ICON[c.status]} {c.status.value} "
+            f"| {_md(c.summary)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def render_report(results_path: Path, out_dir: Path) -> RenderedReport:
+    """Render the report of ``results_path`` into ``out_dir``.
+
+    Writes ``assets/*.svg``, ``report.html``, ``report.pdf`` (PDF/A-3b with results.json attached),
+    ``junit.xml`` and ``summary.md``. Everything is produced in a staging folder first and moved into place
+    only when all of it succeeded, so a failure never leaves a half-written report behind.
+
+    Raises
+    ------
+    ResultsError : results.json is missing, malformed, or lacks a key the report needs.
+    RenderError : the report refers to a file that does not exist, or WeasyPrint could not load one.
+    """
+    results_path, out_dir = Path(results_path), Path(out_dir)
+    raw, result = load_results(results_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".render-", dir=out_dir))
+    try:
+        staged_assets = stage / "assets"
+        staged_assets.mkdir()
+        sections = [build_section(i, c, result, staged_assets) for i, c in enumerate(result.checks)]
+        html = render_html(result, sections)
+        # Figures written by the audit itself (e.g. image collages) already live in out_dir/assets.
+        _check_assets(html, [stage, out_dir])
+        (stage / "report.html").write_text(html, encoding="utf-8")
+        _write_pdf(html, stage / "report.pdf", out_dir, stage, raw, result)
+        (stage / "junit.xml").write_bytes(junit_xml(result))
+        (stage / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
+
+        assets_dir = out_dir / "assets"
+        assets_dir.mkdir(exist_ok=True)
+        assets = []
+        for item in sorted(staged_assets.iterdir()):
+            os.replace(item, assets_dir / item.name)
+            assets.append(assets_dir / item.name)
+        # The PDF goes last: its presence says the whole render went through.
+        for name in ("report.html", "junit.xml", "summary.md", "report.pdf"):
+            os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return RenderedReport(
+        out_dir=out_dir,
+        html=out_dir / "report.html",
+        pdf=out_dir / "report.pdf",
+        junit=out_dir / "junit.xml",
+        summary=out_dir / "summary.md",
+        assets=tuple(assets),
+    )

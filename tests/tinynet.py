@@ -1,0 +1,46 @@
+"""A tiny seeded CNN for tests (importable as a `module:factory` too)."""
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class SkipNet(nn.Module):
+    """A residual block: cutting at conv1's output needs the block's input too."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.stem(x))
+        y = self.act2(self.conv2(self.act1(self.conv1(s))) + s)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def tiny(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet().eval()
+
+
+def skip(seed: int = 0) -> SkipNet:
+    torch.manual_seed(seed)
+    return SkipNet().eval()
