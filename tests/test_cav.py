@@ -9,8 +9,8 @@ def test_cav_points_toward_the_concept(learner):
     rng = np.random.default_rng(0)
     shift = np.zeros(20)
     shift[3] = 4.0  # Bayes accuracy Phi(2) = 0.977
-    concept = rng.normal(size=(60, 20)) + shift
-    random = rng.normal(size=(60, 20))
+    concept = rng.normal(size=(150, 20)) + shift
+    random = rng.normal(size=(150, 20))
     cav = train_cav(concept, random, learner, seed=1)
     assert np.linalg.norm(cav.vector) == pytest.approx(1.0, abs=1e-5)
     assert cav.vector[3] > 0.5  # the concept's direction, with the concept's sign

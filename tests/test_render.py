@@ -1,0 +1,267 @@
+"""The report renderer: results.json -> report.html / report.pdf / junit.xml / summary.md / assets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+# templates/ ships as the package `auditor.templates` (setuptools package-dir). In a checkout that is not
+# installed, map it here so the renderer finds its templates the same way it does when installed.
+if importlib.util.find_spec("auditor") is not None and importlib.util.find_spec("auditor.templates") is None:
+    _templates = Path(__file__).resolve().parents[1] / "templates"
+    _spec = importlib.util.spec_from_file_location(
+        "auditor.templates", _templates / "__init__.py", submodule_search_locations=[str(_templates)]
+    )
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["auditor.templates"] = _module
+    _spec.loader.exec_module(_module)
+
+from pypdf import PdfReader  # noqa: E402
+
+from auditor import results  # noqa: E402
+from auditor.report.render import RenderError, ResultsError, _check_assets, render_report  # noqa: E402
+from auditor.results import (  # noqa: E402
+    AuditResult,
+    CheckResult,
+    ImageSetInfo,
+    ModelInfo,
+    Provenance,
+    Status,
+)
+
+EVIL_CONCEPT = "<b>x</b>"
+EVIL_CLASS = "{{ 7*7 }}"
+CAND_LAYERS = ["/features/features.3/Relu_output_0", "/features/features.8/Relu_output_0"]
+REF_LAYERS = ["layer3", "layer4"]
+
+
+def _finding(model: str, layer: str, concept: str, score: float | None, learned: bool = True,
+             significant: bool = False, verdict: str = "not significant") -> dict:
+    return {
+        "model": model, "layer": layer, "class": EVIL_CLASS, "concept": concept,
+        "score": score, "score_std": 0.06 if score is not None else None,
+        "p_value": 3.2e-6 if significant else 0.31, "p_adjusted": 2.6e-5 if significant else 0.62,
+        "significant": significant, "cav_accuracy": 0.93 if learned else 0.55, "learned": learned,
+        "magnitude": 0.4 if score is not None else None,
+        "random_score_mean": 0.52 if learned else None, "random_score_std": 0.11 if learned else None,
+        "p_one_sample": 0.01 if learned else None, "verdict": verdict,
+    }
+
+
+def make_result() -> AuditResult:
+    findings = [
+        _finding("candidate", CAND_LAYERS[0], EVIL_CONCEPT, 0.71),
+        _finding("candidate", CAND_LAYERS[1], EVIL_CONCEPT, 0.97, significant=True, verdict="sensitive"),
+        _finding("candidate", CAND_LAYERS[0], "stripes", 0.58),
+        _finding("candidate", CAND_LAYERS[1], "stripes", 0.12, significant=True, verdict="significant-low"),
+        _finding("reference", REF_LAYERS[0], EVIL_CONCEPT, 0.56),
+        _finding("reference", REF_LAYERS[1], EVIL_CONCEPT, 0.61),
+        _finding("reference", REF_LAYERS[0], "stripes", None, learned=False, verdict="not learned"),
+        _finding("reference", REF_LAYERS[1], "stripes", 0.53),
+    ]
+    tcav = CheckResult(
+        id="tcav_shortcut",
+        method="tcav",
+        status=Status.FAIL,
+        severity="critical",
+        summary=f"candidate is sensitive to {EVIL_CONCEPT} at 1 of 2 layers (TCAV 0.97, p adj 2.6e-05)",
+        requirement=f"class {EVIL_CLASS} must not be sensitive to {EVIL_CONCEPT}",
+        findings=findings,
+        details={
+            "settings": {"cav": "logistic", "space": "pooled", "random_sets": 10, "set_size": 50, "alpha": 0.05,
+                         "test": "Welch two-sided t-test, Holm-adjusted over 8 tests", "family_size": 8},
+            "layers": {"candidate": CAND_LAYERS, "reference": REF_LAYERS},
+            "requirements": [
+                {"text": f"not sensitive to {EVIL_CONCEPT}", "model": "candidate", "met": False},
+                {"text": f"not sensitive to {EVIL_CONCEPT}", "model": "reference", "met": True},
+            ],
+            "notes": ["stripes is not learned at layer3 of the reference model"],
+        },
+    )
+    similarity = CheckResult(
+        id="layer_similarity",
+        method="similarity",
+        status=Status.PASS,
+        severity="minor",
+        summary="deepest layers agree (CKA 0.83)",
+        requirement="CKA of the last layers >= 0.7",
+        findings=[{"layer_a": CAND_LAYERS[1], "layer_b": REF_LAYERS[1], "cka": 0.8312, "n_images": 200}],
+        details={"kernel": "linear"},
+    )
+    warn = CheckResult(
+        id="invert_units", method="invert", status=Status.WARN, severity="minor",
+        summary="weak evidence: 2 units with AUC 0.61", requirement="no unit explains the concept",
+        findings=[], details={},
+    )
+    skipped = CheckResult(
+        id="rsvc_compare", method="rsvc", status=Status.SKIPPED, severity="major",
+        summary="skipped: layer has negative activations", requirement="shared concepts >= 0.5",
+        findings=[], details={"reason": "negative activations"},
+    )
+    prov = Provenance(
+        tool_version="0.1.0",
+        created="2025-11-23T13:21:07Z",
+        policy_sha256="c0ffee" * 10 + "abcd",
+        policy_path="policies/demo.yaml",
+        seed=1234,
+        models=[
+            ModelInfo("candidate", "shapes-cnn-v2 " + "with-a-very-long-name-" * 3, "onnx", "ab" * 32, "models/c.onnx"),
+            ModelInfo("reference", "shapes-cnn-v1", "torch", "cd" * 32, "models/r.pt"),
+        ],
+        image_sets=[
+            ImageSetInfo(f"class:{EVIL_CLASS}", "ef" * 32, 60),
+            ImageSetInfo(f"concept:{EVIL_CONCEPT}", "12" * 32, 50),
+            ImageSetInfo("concept:stripes", "34" * 32, 50),
+            ImageSetInfo("random:pool", "56" * 32, 600),
+        ],
+        libraries={"numpy": "2.1.0", "torch": "2.13.0", "weasyprint": "70.0"},
+        command="auditor run policies/demo.yaml --out out/",
+    )
+    return AuditResult(schema_version=results.SCHEMA_VERSION, title="Shapes audit", verdict="FAIL",
+                       provenance=prov, checks=[tcav, similarity, warn, skipped])
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("report")
+    results_path = root / "results.json"
+    results.write(make_result(), results_path)
+    return root, render_report(results_path, root / "out")
+
+
+def _pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+
+
+def test_pdf_exists_and_reads(rendered) -> None:
+    _, report = rendered
+    data = report.pdf.read_bytes()
+    assert data.startswith(b"%PDF")
+    reader = PdfReader(report.pdf)
+    assert len(reader.pages) >= 3
+    text = _pdf_text(report.pdf)
+    assert "FAIL" in text
+    assert EVIL_CONCEPT in text
+    squeezed = re.sub(r"\s+", "", text)
+    assert "{{7*7}}" in squeezed
+    assert not re.search(r"\b49\b", text)
+    assert "page 1 of" in text or "page 2 of" in text
+    assert "Limits of the method" in text
+    # results.json rides along inside the PDF.
+    assert "results.json" in reader.attachments
+
+
+def test_html_escapes_names(rendered) -> None:
+    _, report = rendered
+    html = report.html.read_text(encoding="utf-8")
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "<b>x</b>" not in html
+    assert EVIL_CLASS in html
+    assert ">49<" not in html
+
+
+def test_junit(rendered) -> None:
+    _, report = rendered
+    root = ET.parse(report.junit).getroot()
+    cases = root.findall(".//testcase")
+    assert [(c.get("classname"), c.get("name")) for c in cases] == [
+        ("tcav", "tcav_shortcut"), ("similarity", "layer_similarity"), ("invert", "invert_units"),
+        ("rsvc", "rsvc_compare"),
+    ]
+    by_name = {c.get("name"): c for c in cases}
+    failure = by_name["tcav_shortcut"].find("failure")
+    assert failure is not None and EVIL_CONCEPT in failure.get("message")
+    assert list(by_name["layer_similarity"]) == []
+    assert "weak evidence" in by_name["invert_units"].find("system-out").text
+    assert by_name["rsvc_compare"].find("skipped") is not None
+    suite = root.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "1", "1")
+
+
+def test_summary_md(rendered) -> None:
+    _, report = rendered
+    md = report.summary.read_text(encoding="utf-8")
+    assert "**Verdict: FAIL**" in md
+    assert "| Check | Method | Severity | Status | Summary |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 4
+    assert "&lt;b&gt;x&lt;/b&gt;" in md  # a name cannot turn into HTML in a CI job summary
+    assert all(line.count("|") - line.count("\\|") == 6 for line in rows)
+
+
+def test_assets_referenced_exist(rendered) -> None:
+    _, report = rendered
+    html = report.html.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert len(srcs) == 3  # a TCAV figure per model + CAV accuracy
+    for src in srcs:
+        path = report.out_dir / src
+        assert path.is_file() and path.read_bytes().lstrip().startswith(b"<?xml")
+        assert path in report.assets
+    assert not list(report.out_dir.glob(".render-*"))
+
+
+def test_render_is_reproducible(rendered, tmp_path: Path) -> None:
+    root, first = rendered
+    second = render_report(root / "results.json", tmp_path / "again")
+    assert second.html.read_bytes() == first.html.read_bytes()
+    assert [p.name for p in second.assets] == [p.name for p in first.assets]
+    for a, b in zip(first.assets, second.assets):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert second.junit.read_bytes() == first.junit.read_bytes()
+    assert second.summary.read_bytes() == first.summary.read_bytes()
+
+
+def test_missing_key_is_a_clear_error(tmp_path: Path) -> None:
+    data = results.to_dict(make_result())
+    del data["checks"][1]["status"]
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"checks\[1\].*layer_similarity.*status"):
+        render_report(bad, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.pdf").exists()
+    assert not list((tmp_path / "out").glob(".render-*"))
+
+
+def test_malformed_tcav_finding_names_the_check(tmp_path: Path) -> None:
+    data = results.to_dict(make_result())
+    del data["checks"][0]["findings"][2]["layer"]
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ResultsError, match=r"tcav_shortcut.*findings\[2\].*layer"):
+        render_report(bad, tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_missing_asset_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "here.svg").write_text("<svg/>")
+    _check_assets('<img src="assets/here.svg">', [tmp_path])
+    with pytest.raises(RenderError, match="gone.svg"):
+        _check_assets('<img src="assets/gone.svg">', [tmp_path])
+    with pytest.raises(RenderError, match="only files under assets"):
+        _check_assets('<img src="https://example.org/x.svg">', [tmp_path])
+
+
+def test_not_json_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "results.json"
+    bad.write_text("{ not json", encoding="utf-8")
+    with pytest.raises(ResultsError, match="not valid JSON"):
+        render_report(bad, tmp_path / "out")
+
+
+def test_templates_come_from_the_package() -> None:
+    import auditor.templates
+
+    assert isinstance(auditor.templates, types.ModuleType)
+    from importlib.resources import files
+
+    assert files("auditor.templates").joinpath("report.html.j2").is_file()
+    assert files("auditor.templates").joinpath("report.css").is_file()
