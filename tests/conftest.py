@@ -84,7 +84,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
     write_folder(w / "classes" / "b", "b", 16, 2)
     write_folder(w / "concepts" / "red", "red", 14, 3)
     write_folder(w / "concepts" / "blue", "blue", 14, 4)
-    write_folder(w / "random", "random", 70, 5)
+    write_folder(w / "random", "random", 100, 5)
     net = tinynet.tiny(0)
     script = root / "tiny.pt"
     torch.jit.script(net).save(str(script))

@@ -171,6 +171,22 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def init_weights(net: nn.Module) -> nn.Module:
+    """Re-initialise `net` in place from the torch RNG: He-normal convolutions, default linear layers.
+
+    Without batch normalisation, He initialisation makes these small nets train several times faster than
+    torch's default convolution init.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()
+    return net
+
+
 def _stack(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([s.image for s in samples])
     labels = np.asarray([CLASSES.index(s.shape) for s in samples], dtype=np.int64)
@@ -222,11 +238,10 @@ def train_model(
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        for module in net.modules():
-            if hasattr(module, "reset_parameters") and module is not net:
-                module.reset_parameters()
+        init_weights(net)
+        net.to(memory_format=torch.channels_last)  # much faster conv and max-pool kernels on CPU
         images, labels = _stack(samples)
-        x_all = torch.from_numpy(preprocess(images))
+        x_all = torch.from_numpy(preprocess(images)).contiguous(memory_format=torch.channels_last)
         y_all = torch.from_numpy(labels)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -253,6 +268,7 @@ def train_model(
                 f"train {name}: epoch {epoch + 1}/{epochs} loss {loss_mean:.3f} acc {acc:.3f} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
+        net.to(memory_format=torch.contiguous_format)
         net.eval()
         return {
             "loss": float(loss_mean),

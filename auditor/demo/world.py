@@ -48,6 +48,10 @@ _BASE_RGB: dict[str, tuple[int, int, int]] = {
     "yellow": (225, 205, 45),
 }
 _COLOUR_JITTER = 18
+#: Brightness of a texture's second colour relative to the object colour.
+_TEXTURE_SHADE = 0.4
+#: Range of the standard deviation of the noise background.
+_NOISE_SIGMA = (12.0, 28.0)
 _SUPERSAMPLE = 4
 
 # Random streams of write_world / make_dataset, combined with the user's seed.
@@ -186,7 +190,7 @@ def _draw_background(rng: np.random.Generator, size: int, kind: str) -> np.ndarr
     if kind == "plain":
         img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
     elif kind == "noise":
-        sigma = rng.uniform(12.0, 28.0)
+        sigma = rng.uniform(*_NOISE_SIGMA)
         img = base + rng.normal(0.0, sigma, size=(size, size, 3))
     elif kind == "gradient":
         other = _muted_colour(rng)
@@ -238,7 +242,7 @@ def _object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
 
 def _texture(rng: np.random.Generator, size: int, texture: str, colour: np.ndarray) -> np.ndarray:
     """(size, size, 3) float32 fill of the whole image with the texture; the object's alpha cuts it out."""
-    dark = colour * 0.4
+    dark = colour * _TEXTURE_SHADE
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     if texture == "plain":
         second = np.zeros((size, size), dtype=bool)

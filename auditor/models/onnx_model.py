@@ -34,7 +34,7 @@ MAX_HEAD_ROWS = 4096
 HEAD_BYTES_BUDGET = 256 * 2**20
 # Relative step of the central differences: each perturbation moves the activation of one image by
 # FD_RELATIVE_STEP times its own norm (see `_steps` for why this value).
-FD_RELATIVE_STEP = 1e-3
+FD_RELATIVE_STEP = 5e-4
 # Images in the shape-probing run when the batch axis is dynamic. Two, not one, so that a tensor whose first axis is
 # not the batch (sequence-first attention internals) is told apart from a batch-first one.
 PROBE_BATCH = 2
@@ -121,6 +121,10 @@ def _type_and_dims(value: onnx.ValueInfoProto) -> tuple[int, list[_Dim] | None]:
         else:
             dims.append(None)
     return tensor_type.elem_type, dims
+
+
+def _all_known(dims: Sequence[_Dim]) -> bool:
+    return all(isinstance(d, int) for d in dims)
 
 
 def _with_outputs(model: onnx.ModelProto, names: Sequence[str], typed: bool = True) -> onnx.ModelProto:
@@ -218,7 +222,7 @@ class OnnxModel:
         path = Path(path)
         self.path = path
         self.name = name or path.stem
-        self._model = self._load(path)
+        self._model, data_files = self._load(path)
         graph = self._model.graph
         self._initializers = {t.name for t in graph.initializer}
         self._input = self._pick_input(input_name)
@@ -228,7 +232,7 @@ class OnnxModel:
             self._session = _session(str(path))
         except Exception as exc:  # onnxruntime raises its own exception types for unsupported graphs
             raise _load_error(path, _one_line(exc)) from exc
-        self.sha256 = _sha256([path, *_external_data_files(self._model, path.parent)])
+        self.sha256 = _sha256([path, *data_files])
 
         # Graph structure: which node produces each tensor, and which tensors depend on the image.
         self._producer: dict[str, onnx.NodeProto] = {}
@@ -252,15 +256,22 @@ class OnnxModel:
     # ----------------------------------------------------------------------------------------- loading
 
     @staticmethod
-    def _load(path: Path) -> onnx.ModelProto:
-        """Parse, load external data, and check the model; every failure is a UserError."""
+    def _load(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
+        """Parse, load external data, and check the model; every failure is a UserError.
+
+        Returns
+        -------
+        The model (external data loaded into it) and its external-data files.
+        """
         if not path.is_file():
             raise _load_error(path, "no such file")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
             raise _load_error(path, f"not an ONNX file ({_one_line(exc)})") from exc
-        for data_file in _external_data_files(model, path.parent):
+        # Listed before loading: once loaded, the tensors no longer say where their data came from.
+        data_files = _external_data_files(model, path.parent)
+        for data_file in data_files:
             if not data_file.is_file():
                 raise _load_error(path, f"missing external data file {data_file}")
         try:
@@ -273,7 +284,7 @@ class OnnxModel:
             raise _load_error(path, f"invalid graph ({_one_line(exc)})") from exc
         if not model.graph.node or not model.graph.input or not model.graph.output:
             raise _load_error(path, "invalid graph (no nodes, inputs or outputs)")
-        return model
+        return model, data_files
 
     def _pick_input(self, input_name: str | None) -> str:
         # Old exporters list initializers among the graph inputs; those are weights, not images.
@@ -348,7 +359,7 @@ class OnnxModel:
             elem_type, dims = known.get(name, (0, None))
             if elem_type not in (0, _FLOAT):
                 continue  # a known non-float tensor (shapes, indices, masks)
-            if elem_type == _FLOAT and dims and self._is_batch_dim(dims[0]) and all(isinstance(d, int) for d in dims[1:]):
+            if elem_type == _FLOAT and dims and self._is_batch_dim(dims[0]) and _all_known(dims[1:]):
                 shapes[name] = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
             else:
                 to_probe.append(name)
@@ -377,7 +388,7 @@ class OnnxModel:
         return {
             name: tuple(value.shape[1:])
             for name, value in zip(names, values)
-            if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim >= 1 and value.shape[0] == batch
+            if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim >= 2 and len(value) == batch
         }
 
     def _typed_model(self) -> onnx.ModelProto:
@@ -398,7 +409,8 @@ class OnnxModel:
     def _check_images(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise UserError(f"{self.name}: image batch has shape {tuple(x.shape)}; expected (n, {', '.join(map(str, self.input_shape))})")
+            expected = ", ".join(map(str, self.input_shape))
+            raise UserError(f"{self.name}: image batch has shape {tuple(x.shape)}; expected (n, {expected})")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def _check_layer(self, layer: str) -> LayerInfo:
@@ -517,7 +529,9 @@ class OnnxHead:
     extras : tensors besides the layer that the head needs (skip paths), computed from `x` by the full model.
     """
 
-    def __init__(self, model: OnnxModel, layer: LayerInfo, session: ort.InferenceSession | None, extras: list[str]) -> None:
+    def __init__(
+        self, model: OnnxModel, layer: LayerInfo, session: ort.InferenceSession | None, extras: list[str]
+    ) -> None:
         self.layer = layer.name
         self.shape = layer.shape
         self.extras = extras
@@ -530,7 +544,7 @@ class OnnxHead:
     def _check_acts(self, acts: np.ndarray) -> np.ndarray:
         acts = np.asarray(acts)
         if tuple(acts.shape[1:]) != self.shape:
-            raise ValueError(f"activations of {self.layer!r} must be (n, {', '.join(map(str, self.shape))}), got {acts.shape}")
+            raise ValueError(f"activations of {self.layer!r} must be (n, *{self.shape}), got {acts.shape}")
         return np.ascontiguousarray(acts, dtype=np.float32)
 
     def _extra_values(self, x: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
@@ -542,35 +556,42 @@ class OnnxHead:
         return self._model._outputs(x, self.extras)
 
     def _run(self, rows: np.ndarray, extras: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits (m, K) for activation rows (m, *shape) with matching extra rows."""
+        """Logits (m, K) for activation rows (m, *shape) with matching extra rows, in runs of `_rows_per_run`."""
         if self._session is None:
             return rows.reshape(len(rows), -1).astype(np.float32, copy=False)
         model = self._model
         feeds = {self.layer: rows, **extras}
         (logits,) = _run_batched(
-            self._session, feeds, [model._output], [(model._num_classes,)], len(rows) or 1, model._fixed_batch
+            self._session, feeds, [model._output], [(model._num_classes,)], self._rows_per_run(), model._fixed_batch
         )
         return logits
 
     def _rows_per_run(self) -> int:
-        """How many perturbed rows fit one head run (even: each + row is paired with its - row)."""
+        """How many rows fit one head run (even: each + row is paired with its - row)."""
         row_bytes = 4 * self._size
         for name in self.extras:
-            row_bytes += 4 * int(np.prod(self._model._layers[name].shape if name in self._model._layers else self._model.input_shape))
+            info = self._model._layers.get(name)
+            row_bytes += 4 * int(np.prod(info.shape if info is not None else self._model.input_shape))
         rows = min(MAX_HEAD_ROWS, HEAD_BYTES_BUDGET // max(row_bytes, 1))
         return max(2, rows - rows % 2)
 
     @staticmethod
     def _steps(acts_flat: np.ndarray, direction_norms: np.ndarray) -> np.ndarray:
-        """Finite-difference steps eps (n, k): eps * |v_j| = FD_RELATIVE_STEP * |a_i|.
+        """Finite-difference steps eps (n, k) with eps * |v_j| = FD_RELATIVE_STEP * |a_i|.
 
-        Equivalently eps = FD_RELATIVE_STEP * rms(a_i) / rms(v_j): the perturbation is a fixed fraction of the
-        image's own activation, so the step is independent of the units of the layer and of the direction's norm.
-        Why 1e-3: the graph runs in float32 (eps_machine ~ 6e-8), and the rounding noise of a logit is a few ulps of
-        the magnitudes summed inside the head, roughly |grad| * |a|; divided by the step, that is ~1e-4 relative
-        error at 1e-3 (it grows as the step shrinks). A ReLU/MaxPool head is piecewise linear, so the truncation error
-        comes only from units whose kink lies within the step; their share grows with the step (~1e-3 of units here).
-        1e-3 balances the two; the tests measure < 1e-3 relative error against torch autograd.
+        Equivalently eps = FD_RELATIVE_STEP * rms(a_i) / rms(v_j): each perturbation is a fixed fraction of the
+        image's own activation, whatever the layer's units and the direction's norm.
+
+        Why 5e-4. The graph is float32 and onnxruntime has no float64 Conv, so the step trades two errors:
+        - rounding: each logit carries noise of tens of ulps of the magnitudes summed inside the head, about
+          1e-6 * |grad| * |a| on the test networks; divided by the step, it grows as the step shrinks
+          (measured: 1e-2 relative error at a step of 1e-5, noise-dominated below ~2e-4);
+        - kinks: a ReLU/MaxPool head is piecewise linear, so central differences are exact unless a ReLU's zero
+          or a MaxPool near-tie lies within the step; the share of such units grows with the step
+          (measured: 3e-3 relative error at a step of 3e-3, 3e-2 at 1e-1).
+        Between 3e-4 and 1e-3 both are ~1e-4 (median) to ~1e-3 (worst) of |grad| * |v| on sequential and residual
+        ReLU nets; 5e-4 sits in the middle. Points with a kink closer than the step (a MaxPool tie at a ReLU's
+        zero, say) have no derivative: there the estimate is the average of the one-sided slopes.
         """
         scale = np.linalg.norm(acts_flat.astype(np.float64), axis=1)
         # All-zero activations (a dead image): step as if the activation had unit rms.
@@ -644,9 +665,10 @@ class OnnxHead:
         """
         acts = self._check_acts(acts)
         target = self._check_target(target)
-        dirs = np.asarray(directions, dtype=np.float64).reshape(-1, self._size)
-        if np.asarray(directions).shape[1:] != self.shape:
-            raise ValueError(f"directions must be (k, {', '.join(map(str, self.shape))}), got {np.asarray(directions).shape}")
+        directions = np.asarray(directions)
+        if tuple(directions.shape[1:]) != self.shape:
+            raise ValueError(f"directions must be (k, *{self.shape}), got {directions.shape}")
+        dirs = directions.astype(np.float64).reshape(-1, self._size)
         n = len(acts)
         if self._session is None:  # identity head: the derivative of logit[target] is the direction's coordinate
             return np.broadcast_to(dirs[:, target].astype(np.float32), (n, len(dirs))).copy()

@@ -7,6 +7,7 @@ results.json and nothing imports pyplot, so no GUI backend or global figure stat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +85,44 @@ class AccuracyPanel:
 
 
 def shorten(name: str, limit: int = 30) -> str:
-    """Shorten a long name for a figure label, keeping its end (where tensor names differ).
+    """Shorten one long name for a figure label, keeping its end (where tensor names usually differ).
 
     Tables in the report always carry the full name; figures only need to tell names apart.
     """
     if len(name) <= limit:
         return name
-    return "…" + name[-(limit - 1) :]
+    tail = name[-(limit - 1) :]
+    cut = next((i for i, ch in enumerate(tail) if ch in _SEPARATORS and 0 < i < len(tail) // 2), 0)
+    return "…" + tail[cut:]
+
+
+_SEPARATORS = "/.:"
+
+
+def short_labels(names: Sequence[str], limit: int = 30) -> list[str]:
+    """Labels for a set of names that stay apart: drop the shared head (and tail) at separators, then shorten.
+
+    ``/features/features.3/Relu_output_0`` and ``/features/features.8/Relu_output_0`` become
+    ``…features.3/Relu_output_0`` and ``…features.8/Relu_output_0`` (or ``…features.3/…`` when that is still
+    longer than ``limit``).
+    """
+    names = list(names)
+    if all(len(n) <= limit for n in names) or len(set(names)) < 2:
+        return [shorten(n, limit) for n in names]
+    head = os.path.commonprefix(names)
+    # Path-like names split best at "/"; dotted module names at ".".
+    cut = (head.rfind("/") if "/" in head else max(head.rfind(sep) for sep in _SEPARATORS)) + 1
+    labels = [("…" if cut else "") + n[cut:] for n in names]
+    if any(len(label) > limit for label in labels):
+        rest = [n[cut:] for n in names]
+        tail = os.path.commonprefix([r[::-1] for r in rest])[::-1]
+        starts = [i for i in (tail.find(sep) for sep in _SEPARATORS) if i >= 0]
+        if starts and len(tail) - min(starts) > 1:
+            drop = len(tail) - min(starts)
+            trimmed = [r[: len(r) - drop] for r in rest]
+            if all(trimmed) and len(set(trimmed)) == len(set(rest)):
+                labels = [("…" if cut else "") + t + tail[min(starts)] + "…" for t in trimmed]
+    return [label if len(label) <= limit else shorten(label, limit) for label in labels]
 
 
 def wrap_hard(text: str, width: int = 20, max_lines: int = 3) -> str:
@@ -120,7 +152,8 @@ def _save(fig: Figure, out: Path) -> Path:
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height))
+    # Constrained layout keeps legends placed "outside" from overlapping rotated tick labels.
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -142,7 +175,8 @@ def tcav_scores(
     Parameters
     ----------
     bars : cells to draw; ``bar.group`` must be in ``groups`` and ``bar.layer`` in ``layers``.
-    groups : x-axis groups, left to right (labels may contain newlines).
+    groups : x-axis groups, left to right; a newline separates parts of a label (each part is wrapped to
+        the width a group gets, at most two lines).
     layers : layer names in depth order; one colour each.
     out : path of the SVG file to write.
     title : panel title (the model).
@@ -194,14 +228,17 @@ def tcav_scores(
         ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
         ax.set_ylabel("TCAV score")
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(list(groups))
+        # About 4.3 pt per character at 7.5 pt; the axes take ~88 % of the figure width.
+        chars = max(8, int(PAGE_WIDTH_IN * 72 * 0.88 / n_groups / 4.3))
+        ax.set_xticklabels(["\n".join(wrap_hard(part, chars, 2) for part in g.split("\n")) for g in groups])
         ax.tick_params(axis="x", length=0)
         ax.grid(axis="y", color="#E5E5E5", linewidth=0.6, zorder=0)
         ax.set_axisbelow(True)
-        ax.set_title(title, loc="left")
+        ax.set_title(wrap_hard(title, 95, 2), loc="left")
+        layer_labels = short_labels(layers, 30)
         handles: list[Any] = [
-            Patch(facecolor=OKABE_ITO[i % len(OKABE_ITO)], edgecolor="black", linewidth=0.4, label=shorten(lay))
-            for i, lay in enumerate(layers)
+            Patch(facecolor=OKABE_ITO[i % len(OKABE_ITO)], edgecolor="black", linewidth=0.4)
+            for i in range(len(layers))
         ]
         handles += [
             (Patch(facecolor=GREY, alpha=0.35, linewidth=0),
@@ -209,11 +246,9 @@ def tcav_scores(
             Patch(facecolor="white", edgecolor=GREY, hatch="////", linewidth=0.5),
             Line2D([], [], marker="*", linestyle="none", color="black", markersize=6),
         ]
-        labels = [shorten(lay) for lay in layers] + [
-            "random vs random (mean ± std)", "CAV not learned", "significant vs random",
-        ]
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False,
-                  handlelength=1.6, columnspacing=1.4)
+        labels = layer_labels + ["random vs random (mean ± std)", "CAV not learned", "significant vs random"]
+        fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False, handlelength=1.6,
+                   columnspacing=1.4)
         return _save(fig, out)
 
 
@@ -238,19 +273,21 @@ def cav_accuracy(panels: Sequence[AccuracyPanel], out: Path, *, threshold: float
         for ax, panel in zip(axes, panels):
             xs = list(range(len(panel.layers)))
             for concept, accs in panel.lines.items():
-                pts = [(x, a) for x, a in zip(xs, accs) if a is not None]
+                ci = concepts.index(concept)
+                # A small sideways offset per concept keeps equal accuracies from hiding each other.
+                dodge = 0.06 * (ci - (len(concepts) - 1) / 2)
+                pts = [(x + dodge, a) for x, a in zip(xs, accs) if a is not None]
                 if not pts:
                     continue
-                ci = concepts.index(concept)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[concept],
                         marker=markers[ci % len(markers)], markersize=4, linewidth=1.2, label=concept)
             ax.axhline(threshold, color="#333333", linestyle=(0, (3, 2)), linewidth=0.8)
             ax.axhline(0.5, color=GREY, linestyle=":", linewidth=0.8)
             ax.set_xticks(xs)
-            ax.set_xticklabels([shorten(lay, 18) for lay in panel.layers], rotation=25, ha="right")
+            ax.set_xticklabels(short_labels(panel.layers, 20), rotation=25, ha="right", rotation_mode="anchor")
             ax.set_xlim(-0.4, max(len(xs) - 0.6, 0.4))
             ax.set_ylim(0.4, 1.02)
-            ax.set_title(panel.title, loc="left")
+            ax.set_title(wrap_hard(panel.title, 45, 2), loc="left")
             ax.grid(axis="y", color="#E5E5E5", linewidth=0.6)
             ax.set_axisbelow(True)
         axes[0].set_ylabel("CAV accuracy (held out)")
@@ -259,5 +296,5 @@ def cav_accuracy(panels: Sequence[AccuracyPanel], out: Path, *, threshold: float
         handles += [Line2D([], [], color="#333333", linestyle=(0, (3, 2)), linewidth=0.8),
                     Line2D([], [], color=GREY, linestyle=":", linewidth=0.8)]
         labels = [shorten(c, 28) for c in concepts] + [f"learned threshold ({threshold:g})", "chance (0.5)"]
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
         return _save(fig, out)

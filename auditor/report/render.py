@@ -137,7 +137,8 @@ def fmt_p(p: Any) -> str:
     if p == 0.0:
         return "0"
     if p < 1e-3:
-        return f"{p:.2e}"
+        mantissa, exponent = f"{p:.2e}".split("e")
+        return f"{mantissa}e{int(exponent)}"  # 3.20e-6, not 3.20e-06: narrower columns, same value
     return f"{p:.3g}"
 
 
@@ -327,6 +328,8 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
         _need(settings, key, f"{where}: details.settings")
     threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
     rows = [_tcav_row(f, f"{where}: findings[{i}]") for i, f in enumerate(check.findings)]
+    if not rows:
+        return generic_section(check, ctx)
 
     roles = _ordered(ctx.roles, [r.model for r in rows])
     declared_layers = details.get("layers") or {}
@@ -339,7 +342,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     concepts = list(dict.fromkeys(r.concept for r in rows))
 
     def group_label(pair: tuple[str, str]) -> str:
-        return figures.wrap_hard(pair[1], 22, 2) + "\n" + figures.wrap_hard(f"class {pair[0]}", 22, 2)
+        return f"{pair[1]}\nclass {pair[0]}"
 
     figs: list[FigureRef] = []
     for ri, role in enumerate(roles):
@@ -644,7 +647,8 @@ def junit_xml(result: AuditResult) -> bytes:
 def _md(text: str) -> str:
     """Text for a markdown table cell: no HTML, no table breaks, no accidental emphasis or links."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
+    # "_" stays: GitHub does not emphasise inside words, and check ids are full of underscores.
+    text = re.sub(r"([\\`*\[\]|])", r"\\\1", text)
     return " ".join(text.split())
 
 

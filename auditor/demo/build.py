@@ -1,0 +1,80 @@
+"""`auditor demo`: build the demo world, train the two models, write the demo policy.
+
+The same policy text is kept as policies/demo.yaml with paths into `demo-out/` (where `make demo` writes), so
+`auditor run policies/demo.yaml` re-audits the demo after `make demo`; a test keeps the two from drifting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from auditor.demo.train import MEAN, STD, train_demo_models
+from auditor.demo.world import CLASSES, SHORTCUT_CLASS, write_world
+
+# Random sets are disjoint: (random_sets + 1) * set_size images must fit in the pool.
+RANDOM_SETS = 10
+SET_SIZE = 50
+RANDOM_POOL = (RANDOM_SETS + 1) * SET_SIZE + 50
+
+
+def policy_text(prefix: str, candidate_layers: list[str], reference_layers: list[str], seed: int = 0) -> str:
+    """The demo policy; `prefix` is prepended to every path (relative to the policy file)."""
+
+    def layer_list(names: list[str]) -> str:
+        return "\n".join(f"    - {n!r}" for n in names)
+
+    return f"""# The demo audit: a candidate trained with a planted shortcut (a watermark on most {SHORTCUT_CLASS} images)
+# against a reference trained on clean data. Paths are relative to this file.
+title: "Demo audit: shape classifier, watermark shortcut"
+seed: {seed}
+models:
+  candidate:
+    path: {prefix}models/candidate.onnx
+    name: candidate-cnn
+  reference:
+    path: {prefix}models/reference.pt
+    name: reference-cnn
+preprocessing:
+  size: 64
+  mean: {list(MEAN)}
+  std: {list(STD)}
+  channel_order: RGB
+data:
+  classes: {{folder: {prefix}world/classes, names: [{", ".join(CLASSES)}]}}
+  concepts: {{folder: {prefix}world/concepts}}
+  random: {{folder: {prefix}world/random}}
+layers:
+  candidate:
+{layer_list(candidate_layers)}
+  reference:
+{layer_list(reference_layers)}
+checks:
+  - id: watermark-tcav
+    method: tcav
+    severity: critical
+    description: >
+      The {SHORTCUT_CLASS} logit must not be sensitive to the watermark in the candidate. Textures are tested
+      alongside as concepts a shape classifier may legitimately be sensitive to.
+    classes: [{SHORTCUT_CLASS}]
+    concepts: [watermark, striped, dotted]
+    cav: logistic
+    space: pooled
+    random_sets: {RANDOM_SETS}
+    set_size: {SET_SIZE}
+    alpha: 0.05
+    require:
+      - {{model: candidate, concept: watermark, class: {SHORTCUT_CLASS}, significant: false}}
+"""
+
+
+def build_demo(out: Path, seed: int, log: Callable[[str], None]) -> Path:
+    """Write out/world, out/models and out/policy.yaml; return the policy's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    log("building the demo world")
+    write_world(out / "world", seed=seed, random_pool=RANDOM_POOL)
+    log("training the demo models")
+    trained = train_demo_models(out / "models", seed=seed)
+    policy = out / "policy.yaml"
+    policy.write_text(policy_text("", trained.candidate_layers, trained.reference_layers, seed), encoding="utf-8")
+    return policy
