@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 import sys
-import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-# templates/ ships as the package `auditor.templates` (setuptools package-dir). In a checkout that is not
-# installed, map it here so the renderer finds its templates the same way it does when installed.
-if importlib.util.find_spec("auditor") is not None and importlib.util.find_spec("auditor.templates") is None:
-    _templates = Path(__file__).resolve().parents[1] / "templates"
-    _spec = importlib.util.spec_from_file_location(
-        "auditor.templates", _templates / "__init__.py", submodule_search_locations=[str(_templates)]
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["auditor.templates"] = _module
-    _spec.loader.exec_module(_module)
-    setattr(importlib.import_module("auditor"), "templates", _module)
+from pypdf import PdfReader
 
-from pypdf import PdfReader  # noqa: E402
-
-from auditor import results  # noqa: E402
-from auditor.report.render import RenderError, ResultsError, _check_assets, render_report  # noqa: E402
-from auditor.results import (  # noqa: E402
+from auditor import results
+from auditor.report.render import RenderError, ResultsError, _check_assets, render_report
+from auditor.results import (
     AuditResult,
     CheckResult,
     ImageSetInfo,
@@ -273,6 +258,23 @@ def test_not_json_is_a_clear_error(tmp_path: Path) -> None:
 def test_templates_come_from_the_package() -> None:
     from importlib.resources import files
 
-    assert isinstance(importlib.import_module("auditor.templates"), types.ModuleType)
     assert files("auditor.templates").joinpath("report.html.j2").is_file()
     assert files("auditor.templates").joinpath("report.css").is_file()
+
+
+def test_wheel_ships_the_templates(tmp_path: Path) -> None:
+    """A non-editable wheel must carry templates/ as auditor/templates."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("concept_auditor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "auditor/templates/report.html.j2" in names
+    assert "auditor/templates/report.css" in names
+    assert "auditor/cli.py" in names
