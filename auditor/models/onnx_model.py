@@ -5,6 +5,11 @@ from one session run per batch on a copy of the graph whose outputs include the 
 layer to the logits is the subgraph cut out with ``onnx.utils.Extractor``; onnxruntime has no gradients for
 inference sessions, so the head's derivatives are central finite differences, batched into large runs.
 
+Torch's legacy exporter names tensors by module path and op (``/layer1/layer1.0/conv1/Conv_output_0``); functional
+calls outside a module get counters (``/Relu_output_0``, ``/Relu_1_output_0``); the output tensor takes the name
+given to ``output_names``; and in eval mode BatchNorm is folded into the Conv before it, so a ``conv1/Conv`` tensor
+is bn1(conv1(x)) and there is no BatchNorm tensor.
+
 Numpy in, numpy out, float32, NCHW. Preprocessing lives in the policy: ``x`` is already resized and normalised.
 """
 
@@ -249,7 +254,7 @@ class OnnxModel:
             shape = "unknown" if logits is None else f"(n, {', '.join(map(str, logits.shape))})"
             raise UserError(f"{path}: output {self._output!r} has shape {shape}; expected float32 logits (n, K)")
         self._num_classes = logits.shape[0]
-        self._typed = self._typed_model()
+        self._annotate_layers()
         self._sessions: dict[frozenset[str], ort.InferenceSession] = {}
         self._heads: dict[str, OnnxHead] = {}
 
@@ -391,18 +396,20 @@ class OnnxModel:
             if isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim >= 2 and len(value) == batch
         }
 
-    def _typed_model(self) -> onnx.ModelProto:
-        """The model with a value_info for every layer (the Extractor needs one for each cut tensor)."""
-        typed = onnx.ModelProto()
-        typed.CopyFrom(self._model)
-        del typed.graph.value_info[:]
-        outputs = {value.name for value in typed.graph.output}
+    def _annotate_layers(self) -> None:
+        """Give every layer a value_info with its full shape: the Extractor needs one for each tensor it cuts at.
+
+        Done in place (value_infos are type hints, the computation is unchanged), so no second copy of the weights.
+        """
+        graph = self._model.graph
+        kept = [value for value in graph.value_info if value.name not in self._layers]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        outputs = {value.name for value in graph.output}
+        batch = self._batch_dim if self._batch_dim is not None else "n"
         for info in self._layers.values():
             if info.name not in outputs:
-                typed.graph.value_info.append(
-                    onnx.helper.make_tensor_value_info(info.name, _FLOAT, [self._batch_dim or "n", *info.shape])
-                )
-        return typed
+                graph.value_info.append(onnx.helper.make_tensor_value_info(info.name, _FLOAT, [batch, *info.shape]))
 
     # ----------------------------------------------------------------------------------------- running
 
@@ -504,7 +511,7 @@ class OnnxModel:
             return OnnxHead(self, info, session=None, extras=[])  # the head of the logits is the identity
         extras = self._head_extras(info.name)
         try:
-            cut = onnx.utils.Extractor(self._typed).extract_model([info.name, *extras], [self._output])
+            cut = onnx.utils.Extractor(self._model).extract_model([info.name, *extras], [self._output])
             session = _session(cut)
         except Exception as exc:
             raise CheckError(f"{self.name}: cannot cut the head at layer {info.name!r}: {_one_line(exc)}") from exc
@@ -583,15 +590,18 @@ class OnnxHead:
         image's own activation, whatever the layer's units and the direction's norm.
 
         Why 5e-4. The graph is float32 and onnxruntime has no float64 Conv, so the step trades two errors:
-        - rounding: each logit carries noise of tens of ulps of the magnitudes summed inside the head, about
-          1e-6 * |grad| * |a| on the test networks; divided by the step, it grows as the step shrinks
-          (measured: 1e-2 relative error at a step of 1e-5, noise-dominated below ~2e-4);
+        - rounding: each logit carries noise of a few to tens of ulps of the magnitudes summed inside the head;
+          divided by the step, it grows as the step shrinks (noise-dominated below ~2e-4 on the test networks);
         - kinks: a ReLU/MaxPool head is piecewise linear, so central differences are exact unless a ReLU's zero
-          or a MaxPool near-tie lies within the step; the share of such units grows with the step
-          (measured: 3e-3 relative error at a step of 3e-3, 3e-2 at 1e-1).
-        Between 3e-4 and 1e-3 both are ~1e-4 (median) to ~1e-3 (worst) of |grad| * |v| on sequential and residual
-        ReLU nets; 5e-4 sits in the middle. Points with a kink closer than the step (a MaxPool tie at a ReLU's
-        zero, say) have no derivative: there the estimate is the average of the one-sided slopes.
+          or a MaxPool near-tie lies within the step, and then return the slope averaged over the step; the
+          share of such units grows with the step (the same step in float64 torch gives the same error, so at
+          5e-4 and above this, not rounding, is the error).
+        Measured against torch autograd, with the error relative to |grad| * |v| (the largest the derivative can
+        be): median ~1e-5 to 1e-4; the largest are images with a kink within the step, ~1e-3 on a 16-layer
+        residual net and up to ~3e-2 on 3-layer test nets (where one unit is a large share of the gradient).
+        Steps from 3e-4 to 1e-3 do about equally well overall; 5e-4 sits in the middle. For channel-pooled
+        directions (one per channel, over all positions) in deep random-weight ReLU nets the error is ~1e-2 of
+        the pooled gradient's norm at every step: kinks are too dense for float32 central differences there.
         """
         scale = np.linalg.norm(acts_flat.astype(np.float64), axis=1)
         # All-zero activations (a dead image): step as if the activation had unit rms.
@@ -605,16 +615,20 @@ class OnnxHead:
         extras: dict[str, np.ndarray],
         target: int,
         steps: np.ndarray,
-        perturb: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+        perturb: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
     ) -> np.ndarray:
         """(h(a_i + eps_ij v_j) - h(a_i - eps_ij v_j)) / (2 eps_ij) of logit[target], for all i, j.
 
+        The n * k pairs of rows are laid out flat (pair p is image p // k, direction p % k) and cut into runs of
+        `_rows_per_run` rows: the + rows of a run first, then its - rows.
+
         Parameters
         ----------
-        acts_flat : (n, d) activations, flattened.
+        acts_flat : (n, d) float32 activations, flattened.
         extras : {tensor: (n, ...)} extra head inputs, repeated for every row of their image.
-        steps : (n, k) signed-free step sizes eps_ij.
-        perturb : (base rows (m, d) float64, direction indices j (m,), signed steps (m,)) -> perturbed rows (m, d).
+        steps : (n, k) positive step sizes eps_ij.
+        perturb : (rows (m, d) float32, direction indices j (m,), signed steps (m,)) -> None; adds step * v_j to
+            each row in place.
 
         Returns
         -------
@@ -627,12 +641,12 @@ class OnnxHead:
             flat = np.arange(start, min(start + pairs, n * k))
             i, j = flat // k, flat % k
             step = steps[i, j]
-            base = acts_flat[i].astype(np.float64)
-            # Each coordinate is rounded to float32 once, after the perturbation is added in float64.
-            rows = np.concatenate([perturb(base, j, step), perturb(base, j, -step)]).astype(np.float32)
+            m = len(flat)
+            rows = np.concatenate([acts_flat[i], acts_flat[i]])
+            perturb(rows[:m], j, step)
+            perturb(rows[m:], j, -step)
             feeds = {name: np.concatenate([value[i], value[i]]) for name, value in extras.items()}
             logits = self._run(rows.reshape(-1, *self.shape), feeds)[:, target].astype(np.float64)
-            m = len(flat)
             result[flat] = (logits[:m] - logits[m:]) / (2 * step)
         return result.reshape(n, k)
 
@@ -668,15 +682,18 @@ class OnnxHead:
         directions = np.asarray(directions)
         if tuple(directions.shape[1:]) != self.shape:
             raise ValueError(f"directions must be (k, *{self.shape}), got {directions.shape}")
-        dirs = directions.astype(np.float64).reshape(-1, self._size)
+        dirs = directions.astype(np.float64).reshape(-1, self._size)  # float64 for the norms
         n = len(acts)
         if self._session is None:  # identity head: the derivative of logit[target] is the direction's coordinate
             return np.broadcast_to(dirs[:, target].astype(np.float32), (n, len(dirs))).copy()
         acts_flat = acts.reshape(n, -1)
         steps = self._steps(acts_flat, np.linalg.norm(dirs, axis=1))
 
-        def along(base: np.ndarray, j: np.ndarray, step: np.ndarray) -> np.ndarray:
-            return base + step[:, None] * dirs[j]
+        dirs32 = dirs.astype(np.float32)
+
+        def along(rows: np.ndarray, j: np.ndarray, step: np.ndarray) -> None:
+            # The sum is rounded to float32 (u |a| per coordinate), as any float32 input to the graph must be.
+            rows += step[:, None].astype(np.float32) * dirs32[j]
 
         extras = self._extra_values(x, n)
         return self._central_differences(acts_flat, extras, target, steps, along).astype(np.float32)
@@ -697,10 +714,8 @@ class OnnxHead:
         acts_flat = acts.reshape(n, -1)
         steps = self._steps(acts_flat, np.ones(self._size))
 
-        def along_axis(base: np.ndarray, j: np.ndarray, step: np.ndarray) -> np.ndarray:
-            rows = base.copy()  # the identity basis is never built: add the step to coordinate j of each row
-            rows[np.arange(len(rows)), j] += step
-            return rows
+        def along_axis(rows: np.ndarray, j: np.ndarray, step: np.ndarray) -> None:
+            rows[np.arange(len(rows)), j] += step  # the identity basis is never built: coordinate j of each row
 
         extras = self._extra_values(x, n)
         grads = self._central_differences(acts_flat, extras, target, steps, along_axis)
