@@ -1,0 +1,92 @@
+"""The demo end to end: `auditor demo` builds the world, trains, audits, renders — and the planted shortcut
+shows where it must. Also: the same trained network as TorchScript and as ONNX gives the same TCAV results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from auditor import pipeline
+from auditor.demo.build import policy_text
+from auditor.policy import load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    res = subprocess.run([sys.executable, "-m", "auditor", "demo", "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def _tcav(out: Path) -> dict:
+    data = json.loads((out / "report" / "results.json").read_text())
+    (check,) = [c for c in data["checks"] if c["method"] == "tcav"]
+    return check
+
+
+def test_watermark_significant_for_the_shortcut_class_in_the_candidate(demo_out):
+    check = _tcav(demo_out)
+    cand = [f for f in check["findings"] if f["model"] == "candidate" and f["class"] == "triangle"
+            and f["concept"] == "watermark"]
+    assert cand and any(f["significant"] and f["verdict"] == "sensitive" for f in cand)
+    assert check["status"] == "FAIL" and check["severity"] == "critical"
+
+
+def test_reference_cells_reported_as_they_are(demo_out):
+    check = _tcav(demo_out)
+    ref = [f for f in check["findings"] if f["model"] == "reference" and f["concept"] == "watermark"]
+    layers = check["details"]["layers"]["reference"]
+    assert {f["layer"] for f in ref} == set(layers)  # every cell is in the report, whatever it shows
+    for f in ref:
+        assert f["verdict"] in ("sensitive", "significant-low", "not significant", "not learned")
+
+
+def test_report_pdf_carries_the_verdict(demo_out):
+    pdf = demo_out / "report" / "report.pdf"
+    text = "\n".join(p.extract_text() for p in PdfReader(str(pdf)).pages)
+    assert "FAIL" in text and "watermark" in text
+    assert (demo_out / "report" / "junit.xml").is_file() and (demo_out / "report" / "summary.md").is_file()
+
+
+def test_demo_policy_in_repo_matches_the_generator(demo_out):
+    written = load_policy(demo_out / "policy.yaml")
+    kept = (REPO / "policies" / "demo.yaml").read_text()
+    expected = policy_text("../demo-out/", written.layers["candidate"], written.layers["reference"])
+    assert kept == expected, "policies/demo.yaml is stale: regenerate it from auditor.demo.build.policy_text"
+
+
+def test_same_network_torchscript_and_onnx_agree(demo_out, tmp_path):
+    """The candidate as TorchScript (module paths) and as ONNX (tensor names): TCAV within 0.02, same verdicts."""
+    written = load_policy(demo_out / "policy.yaml")
+    models = demo_out / "models"
+    onnx_layers = written.layers["candidate"]
+    torch_layers = json.loads((models / "layers.json").read_text())["candidate_torch"]
+    text = (demo_out / "policy.yaml").read_text()
+    text = text.replace("path: models/reference.pt", "path: models/candidate.pt")
+    for o, t in zip(onnx_layers, torch_layers):
+        text = text.replace(f"    - {o!r}\n", f"    - {o!r}\n", 1)
+    policy_path = demo_out / "policy-backends.yaml"
+    # reference layers become the candidate's module paths
+    head, _, rest = text.partition("  reference:\n")
+    body = rest.split("checks:", 1)[1]
+    text = head + "  reference:\n" + "\n".join(f"    - {t!r}" for t in torch_layers) + "\nchecks:" + body
+    policy_path.write_text(text)
+    result = pipeline.run_audit(load_policy(policy_path), demo_out / "cache", lambda _m: None).result
+    rows = result.checks[0].findings
+    by = {(f["model"], f["layer"], f["class"], f["concept"]): f for f in rows}
+    for o, t in zip(onnx_layers, torch_layers):
+        for concept in ("watermark", "striped", "dotted"):
+            a, b = by[("candidate", o, "triangle", concept)], by[("reference", t, "triangle", concept)]
+            assert a["learned"] == b["learned"]
+            assert abs(a["random_score_mean"] - b["random_score_mean"]) <= 0.02
+            if a["learned"]:
+                assert abs(a["score"] - b["score"]) <= 0.02, (o, concept, a["score"], b["score"])
+                assert a["significant"] == b["significant"]
