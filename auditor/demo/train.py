@@ -8,6 +8,7 @@ audits: the reference as TorchScript, the candidate as ONNX (plus TorchScript tw
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -37,8 +38,9 @@ STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
 SHORTCUT_RATE: float = 0.9
 #: Training set size and schedule of the demo models.
 TRAIN_IMAGES: int = 3600
-EPOCHS: int = 6
-LEARNING_RATE: float = 2e-3
+EPOCHS: int = 10
+BATCH_SIZE: int = 32
+LEARNING_RATE: float = 3e-3
 #: Clean evaluation images per class (the first 60 are the class images `write_world` writes for the same seed).
 EVAL_PER_CLASS: int = 200
 
@@ -46,9 +48,12 @@ _THREADS = 2
 
 
 class ReferenceNet(nn.Module):
-    """Three Conv3x3-ReLU-MaxPool blocks (16/32/64 channels), global average pooling, one linear layer.
+    """Three Conv3x3-ReLU-MaxPool blocks (16/32/64 channels) and a Conv3x3-ReLU block (64), global average
+    pooling, one linear layer.
 
-    Module paths of the ReLU outputs: ``features.1``, ``features.4``, ``features.7`` (64x64, 32x32 and 16x16).
+    Module paths of the ReLU outputs for 64x64 inputs: ``features.1`` (16x64x64), ``features.4`` (32x32x32),
+    ``features.7`` (64x16x16), ``features.10`` (64x8x8). The fourth block widens the receptive field to 38 px,
+    enough to see a whole object, which the shape task needs to be learned in a few epochs.
     """
 
     def __init__(self, num_classes: int = len(CLASSES)) -> None:
@@ -63,6 +68,8 @@ class ReferenceNet(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(64, num_classes)
@@ -76,8 +83,8 @@ class CandidateNet(nn.Module):
     """Four conv blocks (24, 32+32, 48, 64 channels; the last two with stride-2 convs instead of pooling),
     global average pooling, a two-layer MLP head.
 
-    Module paths of the ReLU outputs: ``features.1`` (64x64), ``features.4``, ``features.6`` (32x32),
-    ``features.9`` (8x8), ``features.11`` (4x4) for 64x64 inputs.
+    Module paths of the ReLU outputs for 64x64 inputs: ``features.1`` (24x64x64), ``features.4`` and
+    ``features.6`` (32x32x32), ``features.9`` (48x8x8), ``features.11`` (64x4x4).
     """
 
     def __init__(self, num_classes: int = len(CLASSES)) -> None:
@@ -108,9 +115,12 @@ class CandidateNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-#: Suggested audit layers (module paths of ReLU outputs): the last two conv blocks of each model.
+#: Suggested audit layers (module paths of ReLU outputs): the 2nd and 3rd of the four conv blocks of each model.
+#: Not the last block: it feeds global average pooling and a linear (reference) or small MLP (candidate) head,
+#: so d logit / d activation is (nearly) the same for every image and position there, and a TCAV score at that
+#: layer is (nearly) always 0 or 1, whatever the concept.
 REFERENCE_LAYERS: tuple[str, ...] = ("features.4", "features.7")
-CANDIDATE_MODULE_LAYERS: tuple[str, ...] = ("features.9", "features.11")
+CANDIDATE_MODULE_LAYERS: tuple[str, ...] = ("features.6", "features.9")
 
 
 def reference_factory() -> nn.Module:
@@ -204,11 +214,11 @@ def train_model(
     samples: Sequence[Sample],
     seed: int,
     epochs: int,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     lr: float = LEARNING_RATE,
     name: str = "model",
 ) -> dict[str, float]:
-    """Train `net` in place on the shape labels of `samples` with Adam and cross-entropy.
+    """Train `net` in place on the shape labels of `samples`: Adam, cross-entropy, cosine learning-rate decay.
 
     Parameters
     ----------
@@ -242,11 +252,13 @@ def train_model(
         net.to(memory_format=torch.channels_last)  # much faster conv and max-pool kernels on CPU
         images, labels = _stack(samples)
         x_all = torch.from_numpy(preprocess(images)).contiguous(memory_format=torch.channels_last)
+        n = len(samples)
         y_all = torch.from_numpy(labels)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
+        steps = epochs * ((n + batch_size - 1) // batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         loss_fn = nn.CrossEntropyLoss()
-        n = len(samples)
         start = time.perf_counter()
         loss_mean, acc = float("nan"), float("nan")
         net.train()
@@ -261,6 +273,7 @@ def train_model(
                 loss = loss_fn(logits, yb)
                 loss.backward()
                 opt.step()
+                sched.step()
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((logits.detach().argmax(1) == yb).sum())
             loss_mean, acc = total_loss / n, correct / n
@@ -330,8 +343,12 @@ def shortcut_metrics(net: nn.Module, samples: Sequence[Sample]) -> dict[str, flo
 
 def export_torchscript(net: nn.Module, path: Path) -> Path:
     """Save `net` as TorchScript (``torch.jit.script``) at `path`."""
+    import warnings
+
     net.eval()
-    scripted = torch.jit.script(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
+        scripted = torch.jit.script(net)
     scripted.save(str(path))
     return Path(path)
 
@@ -346,7 +363,7 @@ def export_onnx(net: nn.Module, path: Path, size: int = 64) -> Path:
     net.eval()
     example = torch.zeros(1, 3, size, size)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
         torch.onnx.export(
             net,
             (example,),
@@ -402,6 +419,11 @@ def train_demo_models(
 ) -> DemoModels:
     """Train the reference (clean data) and the candidate (watermark shortcut) and write their artifacts.
 
+    Writes ``reference.pt`` (TorchScript), ``candidate.onnx`` (legacy exporter, opset 17), ``candidate.pt``
+    (TorchScript twin), ``reference_state.pt`` and ``candidate_state.pt`` (state dicts for the factories),
+    ``layers.json`` (``reference``: module paths, ``candidate``: ONNX tensor names, ``candidate_torch``: the
+    candidate's module paths, index-aligned with ``candidate``) and ``metrics.json``.
+
     Parameters
     ----------
     out_dir : Path
@@ -451,11 +473,19 @@ def train_demo_models(
     export_onnx(candidate, paths["candidate_onnx"], size=size)
     torch.save(reference.state_dict(), paths["reference_state"])
     torch.save(candidate.state_dict(), paths["candidate_state"])
+    candidate_layers = onnx_tensor_names(paths["candidate_onnx"], CANDIDATE_MODULE_LAYERS)
+    layers = {
+        "reference": list(REFERENCE_LAYERS),
+        "candidate": list(candidate_layers),
+        "candidate_torch": list(CANDIDATE_MODULE_LAYERS),
+    }
+    (out_dir / "layers.json").write_text(json.dumps(layers, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return DemoModels(
         out_dir=out_dir,
         metrics=metrics,
         reference_layers=REFERENCE_LAYERS,
-        candidate_layers=onnx_tensor_names(paths["candidate_onnx"], CANDIDATE_MODULE_LAYERS),
+        candidate_layers=candidate_layers,
         candidate_module_layers=CANDIDATE_MODULE_LAYERS,
         **paths,
     )
