@@ -40,9 +40,11 @@ def _slow_tcav(policy, check, net):
     seed = derive_seed(policy.seed, check.id)
     pool = data.folder_set("random-pool", policy.resolve(policy.data.random.folder), pre)
     randoms = data.draw_disjoint(pool, check.random_sets + 1, check.set_size, seed, pre, "random")
-    rng = np.random.default_rng(seed)
     concept_sets = {c: data.folder_set(c, policy.resolve(policy.data.concepts.folder) / c, pre) for c in check.concepts}
-    rows = {c: np.sort(rng.permutation(len(s))[: check.set_size]) for c, s in concept_sets.items()}
+    rows = {
+        c: np.sort(np.random.default_rng(derive_seed(seed, "concept", c)).permutation(len(s))[: check.set_size])
+        for c, s in concept_sets.items()
+    }
     out = {}
     for layer in policy.layers["candidate"]:
         def acts_of(images):
@@ -61,11 +63,11 @@ def _slow_tcav(policy, check, net):
                     s = [float(g.ravel() @ cav_vector) for g in grads]
                 return np.mean(np.array(s) > 0)
 
-            null = [score(train_cav(fr[i - 1], fr[i], check.cav, derive_seed(seed, layer, "null", str(i))).vector)
+            null = [score(train_cav(fr[i - 1], fr[i], check.cav, derive_seed(seed, "null", str(i))).vector)
                     for i in range(1, check.random_sets + 1)]
             for c in check.concepts:
                 fc = features(acts_of(concept_sets[c])[rows[c]], check.space)
-                scores = [score(train_cav(fc, fr[i], check.cav, derive_seed(seed, layer, c, str(i))).vector)
+                scores = [score(train_cav(fc, fr[i], check.cav, derive_seed(seed, "cav", c, str(i))).vector)
                           for i in range(1, check.random_sets + 1)]
                 out[(layer, k, c)] = (np.mean(scores), np.mean(null))
     return out

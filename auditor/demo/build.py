@@ -6,7 +6,6 @@ The same policy text is kept as policies/demo.yaml with paths into `demo-out/` (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -76,21 +75,6 @@ def build_demo(out: Path, seed: int, log: Callable[[str], None]) -> Path:
     write_world(out / "world", seed=seed, random_pool=RANDOM_POOL)
     log("training the demo models")
     trained = train_demo_models(out / "models", seed=seed)
-    # The candidate's layers under both names: ONNX tensor names (what the demo audits) and the module paths of
-    # its TorchScript twin (candidate.pt), for comparing the two backends on the same network.
-    (out / "models" / "layers.json").write_text(
-        json.dumps(
-            {
-                "reference": list(trained.reference_layers),
-                "candidate": list(trained.candidate_layers),
-                "candidate_torch": list(trained.candidate_module_layers),
-                "metrics": trained.metrics,
-            },
-            indent=2,
-            sort_keys=True,
-        ),
-        encoding="utf-8",
-    )
     policy = out / "policy.yaml"
     text = policy_text("", list(trained.candidate_layers), list(trained.reference_layers), seed)
     policy.write_text(text, encoding="utf-8")

@@ -82,7 +82,13 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
     assert ctx.sets.random_pool is not None
     # N + 1 disjoint random sets: concept run i is (C, R_i); null run i is (R_{i-1}, R_i), i < j only.
     randoms = data.draw_disjoint(ctx.sets.random_pool, n_runs + 1, check.set_size, seed, ctx.pre, "random")
-    rng = np.random.default_rng(seed)
+    # The same concept images and the same train/test splits for every model and layer: seeds depend on the
+    # check, concept and run only, so two models (or one network in two formats) are compared like for like.
+    concept_rows = {
+        c: np.sort(rows[: check.set_size])
+        for c in check.concepts
+        for rows in [np.random.default_rng(derive_seed(seed, "concept", c)).permutation(len(ctx.sets.concepts[c]))]
+    }
     class_sets = {
         k: subsample(ctx.sets.classes[k], check.class_images, derive_seed(seed, "class", k), ctx.pre)
         for k in check.classes
@@ -95,21 +101,17 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
         ctx.log(f"tcav {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {n_runs} runs)")
         random_acts = [ctx.store.acts(model, layers, r) for r in randoms]
         concept_acts = {c: ctx.store.acts(model, layers, ctx.sets.concepts[c]) for c in check.concepts}
-        # The same seeded concept images in every run, at most set_size of them.
-        concept_rows = {
-            c: np.sort(rng.permutation(len(ctx.sets.concepts[c]))[: check.set_size]) for c in check.concepts
-        }
         for layer in layers:
             feats_r = [features(np.asarray(a[layer]), check.space) for a in random_acts]
             null: list[Cav] = [
-                train_cav(feats_r[i - 1], feats_r[i], check.cav, derive_seed(seed, layer, "null", str(i)))
+                train_cav(feats_r[i - 1], feats_r[i], check.cav, derive_seed(seed, "null", str(i)))
                 for i in range(1, n_runs + 1)
             ]
             concept: dict[str, list[Cav]] = {}
             for c in check.concepts:
                 fc = features(np.asarray(concept_acts[c][layer])[concept_rows[c]], check.space)
                 concept[c] = [
-                    train_cav(fc, feats_r[i], check.cav, derive_seed(seed, layer, c, str(i)))
+                    train_cav(fc, feats_r[i], check.cav, derive_seed(seed, "cav", c, str(i)))
                     for i in range(1, n_runs + 1)
                 ]
             all_cavs = np.stack([v.vector for v in null] + [v.vector for c in check.concepts for v in concept[c]])
