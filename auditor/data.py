@@ -93,20 +93,31 @@ def folder_set(name: str, folder: Path, pre: Preprocessing) -> ImageSet:
     return image_set(name, paths, pre)
 
 
-def decode(path: Path, pre: Preprocessing) -> np.ndarray:
-    """One image file -> (3, H, W) float32, resized (bilinear) and normalised."""
+def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """One image file -> (H, W, 3) uint8 RGB at `size` (bilinear resize)."""
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
-            if rgb.size != (pre.size[1], pre.size[0]):
-                rgb = rgb.resize((pre.size[1], pre.size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.float32) / 255.0
+            if rgb.size != (size[1], size[0]):
+                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: {detail})") from e
+
+
+def normalise(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32, scaled to [0, 1], channel order and mean/std applied."""
+    arr = rgb.astype(np.float32) / 255.0
     if pre.channel_order == "BGR":
         arr = arr[..., ::-1]
     arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+
+
+def decode(path: Path, pre: Preprocessing) -> np.ndarray:
+    """One image file -> (3, H, W) float32, resized (bilinear) and normalised."""
+    return normalise(read_rgb(path, pre.size), pre)
 
 
 def load(images: ImageSet, pre: Preprocessing) -> np.ndarray:

@@ -21,7 +21,7 @@ from auditor.context import Context, ImageSets
 from auditor.errors import UserError
 from auditor.methods import METHODS
 from auditor.models import Model, load_model
-from auditor.policy import Policy, PolicyError, check_layers
+from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "onnx", "onnxruntime", "weasyprint", "matplotlib", "pydantic")
@@ -69,7 +69,7 @@ def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str])
     for role, names in policy.layers.items():
         check(f"layers.{role}", role, names)
     for i, c in enumerate(policy.checks):
-        for role, names in (c.layers or {}).items():
+        for role, names in layer_overrides(c).items():
             check(f"checks[{i}].layers.{role}", role, names)
 
 
@@ -85,7 +85,9 @@ def _verify_images(images: data.ImageSet, problems: list[str]) -> None:
 
 
 def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) -> ImageSets:
-    needed_classes = sorted({k for c in policy.checks for k in c.classes})
+    needed_classes = sorted({k for c in policy.checks if c.method == "tcav" for k in c.classes})
+    if any(c.method == "artifact_probe" and c.images is None for c in policy.checks):
+        needed_classes = list(policy.data.classes.names)  # the probe pastes onto every class's clean images
     needed_concepts = sorted({k for c in policy.checks if c.method == "tcav" for k in c.concepts})
     d = policy.data
 
@@ -105,6 +107,12 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
         croot = policy.resolve(d.concepts.folder)
         concepts = {k: folder(f"data.concepts ({k})", croot / k, f"concept:{k}") for k in needed_concepts}
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
+    for i, c in enumerate(policy.checks):
+        if c.method == "artifact_probe":
+            if not policy.resolve(c.artifact.image).is_file():
+                problems.append(f"checks[{i}].artifact.image: file not found: {policy.resolve(c.artifact.image)}")
+            if c.images is not None:
+                folder(f"checks[{i}].images", policy.resolve(c.images.folder), f"probe-images:{c.id}")
     return ImageSets(
         classes={k: v for k, v in classes.items() if v is not None},
         concepts={k: v for k, v in concepts.items() if v is not None},

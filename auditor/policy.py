@@ -105,7 +105,38 @@ class TcavCheck(_Strict):
     require: list[TcavRequirement] = []
 
 
-Check = Annotated[Union[TcavCheck], Field(discriminator="method")]
+class ArtifactSpec(_Strict):
+    image: str  # the artifact (PNG with alpha where it has a shape), pasted by auditor itself
+    position: Literal["random", "top-left", "top-right", "bottom-left", "bottom-right"] = "bottom-right"
+    scale: float | None = Field(default=None, gt=0, le=1)  # artifact width / image width; None: native pixels
+    margin: float = Field(default=0.05, ge=0, lt=0.5)  # gap to the edges for corner positions, / image side
+    opacity: float = Field(default=1.0, gt=0, le=1)
+
+
+class ProbeRequirement(_Strict):
+    model: str = "candidate"  # a role, or "all"
+    max_reliant_classes: int = Field(default=0, ge=0)
+
+
+class ArtifactProbeCheck(_Strict):
+    """Causal probe: paste the artifact (and, as a control, a neutral patch of the image's mean colour at the
+    same place) onto clean images and ask whether class logits move. Decides forbidden-concept requirements."""
+
+    id: str
+    method: Literal["artifact_probe"]
+    severity: Literal["critical", "major", "minor"] = "major"
+    description: str = ""
+    artifact: ArtifactSpec
+    images: FolderSpec | None = None  # clean images to paste onto; default: every class folder of data.classes
+    classes: list[str] = []  # logits to test; default every class
+    models: list[str] | None = None
+    images_per_class: int | None = Field(default=100, ge=1)  # cap per class folder (seeded subsample)
+    threshold: float = Field(default=0.7, gt=0.5, lt=1)  # AUC above it: the artifact raises the class logit
+    direction: Literal["raise", "both"] = "raise"  # both: AUC below 1 - threshold (suppression) also counts
+    require: list[ProbeRequirement] = []
+
+
+Check = Annotated[Union[TcavCheck, ArtifactProbeCheck], Field(discriminator="method")]
 
 
 class Policy(_Strict):
@@ -114,7 +145,7 @@ class Policy(_Strict):
     models: dict[str, ModelSpec]
     preprocessing: PreprocessingSpec = PreprocessingSpec()
     data: DataSpec
-    layers: dict[str, list[str]]
+    layers: dict[str, list[str]] = {}  # per model; methods that read layers (tcav) need one per audited model
     checks: list[Check] = Field(min_length=1)
 
     # Filled by load_policy, not by the YAML.
@@ -132,6 +163,9 @@ class Policy(_Strict):
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
+METHOD_TAGS = ("tcav", "artifact_probe")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     """pydantic's ('checks', 2, 'tcav', 'layers', 'candidate', 0) -> 'checks[2].layers.candidate[0]'."""
     out = ""
@@ -141,7 +175,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
             prev_int = True
             continue
-        if prev_int and part in ("tcav",):  # the discriminator tag pydantic inserts after a list index
+        if prev_int and part in METHOD_TAGS:  # the discriminator tag pydantic inserts after a list index
             prev_int = False
             continue
         prev_int = False
@@ -157,7 +191,7 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        return f"{where}: unknown method {err.get('input', {}).get('method')!r} (supported: tcav)" if isinstance(
+        return f"{where}: unknown method {err.get('input', {}).get('method')!r} (supported: {', '.join(METHOD_TAGS)})" if isinstance(
             err.get("input"), dict
         ) else f"{where}: {err['msg']}"
     msg = err["msg"].removeprefix("Value error, ")
@@ -200,29 +234,31 @@ def _cross_check(policy: Policy) -> list[str]:
     for role in policy.layers:
         if role not in policy.models:
             problems.append(f"layers.{role}: no model called {role!r} in `models` ({', '.join(roles)})")
-    for role in policy.models:
-        if role not in policy.layers:
-            problems.append(f"layers: no layer list for model {role!r}")
     names = policy.data.classes.names
     for i, check in enumerate(policy.checks):
         here = f"checks[{i}]"
         for j, role in enumerate(check.models or []):
             if role not in policy.models:
                 problems.append(f"{here}.models[{j}]: no model called {role!r} ({', '.join(roles)})")
-        for role in (check.layers or {}):
+        for role in layer_overrides(check):
             if role not in policy.models:
                 problems.append(f"{here}.layers.{role}: no model called {role!r} ({', '.join(roles)})")
         for j, c in enumerate(check.classes):
             if c not in names:
                 problems.append(f"{here}.classes[{j}]: {c!r} is not in data.classes.names ({', '.join(names)})")
         if check.method == "tcav":
+            for role in check.models or roles:
+                if role in policy.models and role not in policy.layers and role not in (check.layers or {}):
+                    problems.append(f"{here}: tcav needs layers for model {role!r} (in `layers` or the check's own)")
             if policy.data.concepts is None:
                 problems.append(f"{here}: tcav needs data.concepts (a folder of concept subfolders)")
             if policy.data.random is None:
                 problems.append(f"{here}: tcav needs data.random (a pool of random images)")
+        for j, r in enumerate(check.require):
+            if r.model != "all" and r.model not in policy.models:
+                problems.append(f"{here}.require[{j}].model: no model called {r.model!r} ({', '.join(roles)})")
+        if check.method == "tcav":
             for j, r in enumerate(check.require):
-                if r.model != "all" and r.model not in policy.models:
-                    problems.append(f"{here}.require[{j}].model: no model called {r.model!r} ({', '.join(roles)})")
                 if r.concept not in check.concepts:
                     problems.append(f"{here}.require[{j}].concept: {r.concept!r} is not in the check's concepts")
                 if r.class_ is not None and r.class_ not in check.classes:
@@ -234,8 +270,13 @@ def _cross_check(policy: Policy) -> list[str]:
     return problems
 
 
-def check_layers(policy: Policy, check: TcavCheck) -> dict[str, list[str]]:
+def layer_overrides(check: TcavCheck | ArtifactProbeCheck) -> dict[str, list[str]]:
+    """A check's own `layers:` (methods that read no layer, like the artifact probe, have none)."""
+    return (check.layers or {}) if isinstance(check, TcavCheck) else {}
+
+
+def check_layers(policy: Policy, check: TcavCheck | ArtifactProbeCheck) -> dict[str, list[str]]:
     """The layers a check audits per model: its own `layers:` where given, else the policy's."""
     roles = check.models or list(policy.models)
-    layers = check.layers or {}
+    layers = layer_overrides(check)
     return {role: list(layers.get(role, policy.layers[role])) for role in roles}

@@ -27,18 +27,36 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _tcav(out: Path) -> dict:
+def _check(out: Path, method: str) -> dict:
     data = json.loads((out / "report" / "results.json").read_text())
-    (check,) = [c for c in data["checks"] if c["method"] == "tcav"]
+    (check,) = [c for c in data["checks"] if c["method"] == method]
     return check
 
 
-def test_watermark_significant_for_the_shortcut_class_in_the_candidate(demo_out):
-    check = _tcav(demo_out)
-    cand = [f for f in check["findings"] if f["model"] == "candidate" and f["class"] == "triangle"
-            and f["concept"] == "watermark"]
-    assert cand and any(f["significant"] and f["verdict"] == "sensitive" for f in cand)
+def _tcav(out: Path) -> dict:
+    return _check(out, "tcav")
+
+
+def test_causal_probe_finds_the_shortcut_in_the_candidate_only(demo_out):
+    check = _check(demo_out, "artifact_probe")
+    by = {(f["model"], f["class"]): f for f in check["findings"]}
+    assert by[("candidate", "triangle")]["reliant"] and by[("candidate", "triangle")]["effect"] == "raises"
+    assert not any(f["reliant"] for f in check["findings"] if f["model"] == "reference")
+    assert all(abs(f["auc"] - 0.5) < 0.1 for f in check["findings"] if f["model"] == "reference")
     assert check["status"] == "FAIL" and check["severity"] == "critical"
+    data = json.loads((demo_out / "report" / "results.json").read_text())
+    assert data["verdict"] == "FAIL"
+
+
+def test_tcav_reports_every_watermark_cell_of_both_models(demo_out):
+    """Gradient-based evidence is reported as it is (METHODS.md: what TCAV can and cannot claim); the candidate's
+    watermark cells are there with scores and tests, whatever they show."""
+    check = _tcav(demo_out)
+    for role in ("candidate", "reference"):
+        cells = [f for f in check["findings"] if f["model"] == role and f["concept"] == "watermark"]
+        assert {f["layer"] for f in cells} == set(check["details"]["layers"][role])
+        for f in cells:
+            assert f["learned"] and f["p_adjusted"] is not None  # the watermark is linearly decodable
 
 
 def test_reference_cells_reported_as_they_are(demo_out):
@@ -71,7 +89,7 @@ def test_same_network_torchscript_and_onnx_agree(demo_out):
     policy = yaml.safe_load((demo_out / "policy.yaml").read_text())
     policy["models"]["reference"] = {"path": "models/candidate.pt", "name": "candidate-torchscript"}
     policy["layers"]["reference"] = torch_layers
-    policy["checks"][0]["require"] = []
+    policy["checks"] = [c for c in policy["checks"] if c["method"] == "tcav"]
     path = demo_out / "policy-backends.yaml"
     path.write_text(yaml.safe_dump(policy))
     result = pipeline.run_audit(load_policy(path), demo_out / "cache", lambda _m: None).result

@@ -46,3 +46,19 @@ def test_constant_samples_are_decided_not_nan():
     # one constant sample and one varying: scipy's Welch is defined, and we pass it through
     a, b = np.ones(6), np.array([0.2, 0.4, 0.5, 0.6, 0.3, 0.5])
     assert stats.welch_t(a, b).p_value == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_auc_equals_scipy_u_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    pos = rng.integers(0, 5, size=(13, 3)).astype(float)  # few values: many ties
+    neg = rng.integers(0, 4, size=(9, 3)).astype(float)
+    auc = stats.rank_auc(pos, neg)
+    for j in range(3):
+        u = sps.mannwhitneyu(pos[:, j], neg[:, j], alternative="two-sided").statistic
+        assert auc[j] == pytest.approx(u / (13 * 9))
+        # and the definition: P(pos > neg) + P(tie) / 2, by brute force
+        brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos[:, j] for n in neg[:, j]])
+        assert auc[j] == pytest.approx(brute)
+    res = stats.mann_whitney(pos[:, 0], neg[:, 0])
+    assert res.p_value == pytest.approx(sps.mannwhitneyu(pos[:, 0], neg[:, 0], method="asymptotic").pvalue)

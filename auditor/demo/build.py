@@ -50,12 +50,23 @@ layers:
   reference:
 {layer_list(reference_layers)}
 checks:
+  # The deciding check: a causal probe. Paste the watermark where it appears in the wild (the bottom-right
+  # corner) onto clean images of every class, and a neutral patch of each image's own colour on the same pixels
+  # as the control: no class logit of the candidate may move with the watermark.
+  - id: watermark-reliance
+    method: artifact_probe
+    severity: critical
+    artifact: {{image: {prefix}world/watermark.png, position: bottom-right, margin: 0.05}}
+    images_per_class: 60
+    threshold: 0.7
+    direction: both
+    require:
+      - {{model: candidate, max_reliant_classes: 0}}
+  # Supporting evidence, reported as it is: is the {SHORTCUT_CLASS} logit locally sensitive to the watermark
+  # direction? TCAV cannot show reliance (a clean model can be sensitive too), so it carries no requirement.
   - id: watermark-tcav
     method: tcav
-    severity: critical
-    description: >
-      The {SHORTCUT_CLASS} logit must not be sensitive to the watermark in the candidate. Textures are tested
-      alongside as concepts a shape classifier may legitimately be sensitive to.
+    severity: major
     classes: [{SHORTCUT_CLASS}]
     concepts: [watermark, striped, dotted]
     cav: logistic
@@ -63,8 +74,6 @@ checks:
     random_sets: {RANDOM_SETS}
     set_size: {SET_SIZE}
     alpha: 0.05
-    require:
-      - {{model: candidate, concept: watermark, class: {SHORTCUT_CLASS}, significant: false}}
 """
 
 

@@ -1,0 +1,187 @@
+"""Causal artifact probe (Mark-My-Words style; METHODS.md, INVERT section, item 4).
+
+Every clean image is shown twice: once with the artifact pasted and once with a neutral patch — the image's own
+mean colour on exactly the artifact's footprint, at the same seeded position — so that occlusion alone cannot
+look like reliance. For each class logit, AUC(artifact vs neutral) from average ranks: above the threshold
+(default 0.7) the artifact raises the class, and the class *relies* on the artifact; with `direction: both` an
+AUC below 1 - threshold (suppression) counts too. This, not TCAV, decides a forbidden-concept requirement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from auditor import data
+from auditor.context import Context, derive_seed, subsample
+from auditor.errors import UserError
+from auditor.methods import stats
+from auditor.policy import ArtifactProbeCheck, ArtifactSpec
+from auditor.results import CheckResult, Status
+
+
+@dataclass(frozen=True)
+class Pairs:
+    artifact: np.ndarray  # (n, 3, H, W) normalised
+    neutral: np.ndarray  # (n, 3, H, W) normalised
+    sources: tuple[str, ...]  # the clean images' file names
+
+
+def load_artifact(path: Path) -> np.ndarray:
+    """The artifact as (h, w, 4) float32 RGBA in [0, 1] (opaque where the file has no alpha)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"{path}: the artifact is not a readable image ({type(e).__name__})") from e
+
+
+def _fit(artifact: np.ndarray, width: int, spec: ArtifactSpec) -> np.ndarray:
+    """Resize the artifact to `spec.scale` of the image width (native pixels when scale is None)."""
+    if spec.scale is None:
+        return artifact
+    w = max(1, round(spec.scale * width))
+    h = max(1, round(artifact.shape[0] * w / artifact.shape[1]))
+    im = Image.fromarray((artifact * 255).round().astype(np.uint8), "RGBA").resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def position(spec: ArtifactSpec, image_hw: tuple[int, int], patch_hw: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner (row, col) of the patch: a fixed corner with a margin, or seeded uniform."""
+    (H, W), (h, w) = image_hw, patch_hw
+    if h > H or w > W:
+        raise UserError(f"the artifact ({w}x{h} px) is larger than the images ({W}x{H} px); lower artifact.scale")
+    if spec.position == "random":
+        return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    m = round(spec.margin * min(H, W))
+    row = m if spec.position.startswith("top") else H - h - m
+    col = m if spec.position.endswith("left") else W - w - m
+    return max(0, min(row, H - h)), max(0, min(col, W - w))
+
+
+def paste_pair(rgb: np.ndarray, patch: np.ndarray, at: tuple[int, int], opacity: float) -> tuple[np.ndarray, np.ndarray]:
+    """(artifact version, neutral version) of one (H, W, 3) uint8 image.
+
+    Both cover exactly the same pixels with the same alpha; the neutral one paints the image's mean colour.
+    """
+    img = rgb.astype(np.float32) / 255.0
+    r, c = at
+    h, w = patch.shape[:2]
+    alpha = patch[..., 3:4] * opacity
+    region = img[r : r + h, c : c + w]
+    mean = img.reshape(-1, 3).mean(axis=0)
+    with_artifact, with_neutral = img.copy(), img.copy()
+    with_artifact[r : r + h, c : c + w] = (1 - alpha) * region + alpha * patch[..., :3]
+    with_neutral[r : r + h, c : c + w] = (1 - alpha) * region + alpha * mean
+    to_u8 = lambda a: (np.clip(a, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    return to_u8(with_artifact), to_u8(with_neutral)
+
+
+def make_pairs(images: list[Path], spec: ArtifactSpec, artifact_path: Path, pre: data.Preprocessing, seed: int) -> Pairs:
+    patch = _fit(load_artifact(artifact_path), pre.size[1], spec)
+    rng = np.random.default_rng(seed)
+    art, neu = [], []
+    for path in images:
+        rgb = data.read_rgb(path, pre.size)
+        at = position(spec, rgb.shape[:2], patch.shape[:2], rng)
+        a, n = paste_pair(rgb, patch, at, spec.opacity)
+        art.append(data.normalise(a, pre))
+        neu.append(data.normalise(n, pre))
+    return Pairs(np.stack(art), np.stack(neu), tuple(p.name for p in images))
+
+
+def _clean_images(check: ArtifactProbeCheck, ctx: Context, seed: int) -> list[Path]:
+    if check.images is not None:
+        folder = data.folder_set("probe-images", ctx.policy.resolve(check.images.folder), ctx.pre)
+        return list(subsample(folder, check.images_per_class, seed, ctx.pre).paths)
+    paths: list[Path] = []
+    for k in ctx.policy.data.classes.names:
+        s = subsample(ctx.sets.classes[k], check.images_per_class, derive_seed(seed, "class", k), ctx.pre)
+        paths.extend(s.paths)
+    return paths
+
+
+def reliant(auc: float, threshold: float, direction: str) -> bool:
+    return auc > threshold or (direction == "both" and auc < 1 - threshold)
+
+
+def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
+    seed = derive_seed(ctx.policy.seed, check.id)
+    artifact_path = ctx.policy.resolve(check.artifact.image)
+    images = _clean_images(check, ctx, seed)
+    pairs = make_pairs(images, check.artifact, artifact_path, ctx.pre, derive_seed(seed, "positions"))
+    names = ctx.policy.data.classes.names
+    classes = check.classes or list(names)
+    roles = check.models or list(ctx.models)
+    findings = []
+    for role in roles:
+        model = ctx.models[role]
+        ctx.log(f"artifact probe {check.id}: {role} on {len(images)} image pairs")
+        la, ln = model.predict(pairs.artifact), model.predict(pairs.neutral)
+        idx = [names.index(k) for k in classes]
+        auc = stats.rank_auc(la[:, idx], ln[:, idx])
+        flips = (la.argmax(1) != ln.argmax(1)).mean()
+        for j, k in enumerate(classes):
+            to_k = float(((la.argmax(1) == idx[j]) & (ln.argmax(1) != idx[j])).mean())
+            findings.append(
+                {
+                    "model": role,
+                    "class": k,
+                    "artifact": check.artifact.image,
+                    "auc": round(float(auc[j]), 6),
+                    "reliant": reliant(float(auc[j]), check.threshold, check.direction),
+                    "effect": "raises" if auc[j] > 0.5 else ("suppresses" if auc[j] < 0.5 else "none"),
+                    "mean_logit_shift": round(float((la[:, idx[j]] - ln[:, idx[j]]).mean()), 6),
+                    "flipped_to_class": round(to_k, 6),
+                    "prediction_changed": round(float(flips), 6),
+                    "n_pairs": len(images),
+                }
+            )
+    reqs = []
+    for r in check.require:
+        who = roles if r.model == "all" else [r.model]
+        for role in who:
+            bad = [f for f in findings if f["model"] == role and f["reliant"]]
+            reqs.append(
+                {
+                    "text": f"{role}: at most {r.max_reliant_classes} classes may rely on the artifact "
+                    f"(AUC > {check.threshold:g}{' or < ' + format(1 - check.threshold, 'g') if check.direction == 'both' else ''})",
+                    "model": role,
+                    "met": len(bad) <= r.max_reliant_classes,
+                    "why": f"{role}: "
+                    + (", ".join(f"{f['class']} ({f['effect']}, AUC {f['auc']:.2f})" for f in bad) or "no class")
+                    + (" relies on the artifact" if len(bad) <= 1 else " rely on the artifact"),
+                }
+            )
+    status = Status.FAIL if any(not q["met"] for q in reqs) else Status.PASS
+    reliant_rows = [f for f in findings if f["reliant"]]
+    summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
+        f"{len(reliant_rows)} (model, class) pairs rely on the artifact"
+    )
+    return CheckResult(
+        id=check.id,
+        method="artifact_probe",
+        status=status,
+        severity=check.severity,
+        summary=summary,
+        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
+        findings=findings,
+        details={
+            "settings": {
+                "artifact": check.artifact.model_dump(),
+                "threshold": check.threshold,
+                "direction": check.direction,
+                "n_pairs": len(images),
+                "test": "AUC of each class logit, artifact vs neutral patch (average ranks, ties count half)",
+            },
+            "requirements": reqs,
+            "notes": [
+                "Each clean image is shown with the artifact and with a neutral patch of its own mean colour on the "
+                "same pixels, so occlusion alone cannot look like reliance. AUC 0.5: the artifact does not move "
+                "the logit; above the threshold: the artifact raises the class logit (the class relies on it)."
+            ],
+        },
+    )
