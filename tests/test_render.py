@@ -278,3 +278,141 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     assert "auditor/templates/report.html.j2" in names
     assert "auditor/templates/report.css" in names
     assert "auditor/cli.py" in names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The artifact probe's section
+
+PROBE_CLASS = "<i>z</i>"
+
+
+def _probe_finding(model: str, cls: str, auc: float, reliant: bool, shift: float, flipped: float) -> dict:
+    return {
+        "model": model, "class": cls, "artifact": "world/watermark.png", "auc": auc, "reliant": reliant,
+        "effect": "raises" if auc > 0.5 else ("suppresses" if auc < 0.5 else "none"),
+        "mean_logit_shift": shift, "flipped_to_class": flipped, "prediction_changed": 0.754167 if model == "candidate"
+        else 0.0375, "n_pairs": 240,
+    }
+
+
+def make_probe_check(classes: list[str] | None = None) -> CheckResult:
+    if classes is None:
+        findings = [
+            _probe_finding("candidate", "circle", 0.182795, True, -25.260063, 0.0),
+            _probe_finding("candidate", PROBE_CLASS, 0.882604, True, 19.695406, 0.575),
+            _probe_finding("candidate", "star", 0.480122, False, -1.309774, 0.0),
+            _probe_finding("reference", "circle", 0.505816, False, 0.162535, 0.004167),
+            _probe_finding("reference", PROBE_CLASS, 0.494028, False, -0.088507, 0.016667),
+            _probe_finding("reference", "star", 0.485486, False, -0.893815, 0.0),
+        ]
+    else:
+        findings = [_probe_finding(m, c, 0.5 + 0.01 * i, False, 0.1, 0.0)
+                    for m in ("candidate", "reference") for i, c in enumerate(classes)]
+    return CheckResult(
+        id="watermark_reliance",
+        method="artifact_probe",
+        status=Status.FAIL,
+        severity="critical",
+        summary=f"NOT MET candidate: circle (suppresses, AUC 0.18), {PROBE_CLASS} (raises, AUC 0.88) rely on it",
+        requirement="candidate: at most 0 classes may rely on the artifact (AUC > 0.7 or < 0.3)",
+        findings=findings,
+        details={
+            "settings": {
+                "artifact": {"image": "world/watermark.png", "position": "bottom-right", "scale": None,
+                             "margin": 0.05, "opacity": 1.0},
+                "threshold": 0.7, "direction": "both", "n_pairs": 240,
+                "test": "AUC of each class logit, artifact vs neutral patch (average ranks, ties count half)",
+            },
+            "requirements": [{
+                "text": "candidate: at most 0 classes may rely on the artifact (AUC > 0.7 or < 0.3)",
+                "model": "candidate", "met": False,
+                "why": f"candidate: circle (suppresses, AUC 0.18), {PROBE_CLASS} (raises, AUC 0.88) rely on the artifact",
+            }],
+            "notes": ["probe images: 60 per class"],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def probe_rendered(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("probe")
+    base = make_result()
+    result = AuditResult(schema_version=base.schema_version, title="Probe audit", verdict="FAIL",
+                         provenance=base.provenance, checks=[make_probe_check(), base.checks[1]])
+    results_path = root / "results.json"
+    results.write(result, results_path)
+    return render_report(results_path, root / "out")
+
+
+def _probe_rows(html: str) -> list[list[str]]:
+    (table,) = re.findall(r'<table class="data probe">(.*?)</table>', html, re.S)
+    body = table.split("<tbody>", 1)[1]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+
+
+def test_probe_section_figure(probe_rendered) -> None:
+    report = probe_rendered
+    html = report.html.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert srcs == ["assets/check-1-watermark-reliance-probe-auc.svg"]
+    svg = report.out_dir / srcs[0]
+    assert svg.is_file() and svg in report.assets
+    assert svg.read_bytes().lstrip().startswith(b"<?xml")
+    assert "bars that end in a shaded band (AUC above 0.7 or below 0.3)" in html
+    assert "does nothing beyond what a neutral patch of the same shape does" in html
+
+
+def test_probe_section_table(probe_rendered) -> None:
+    html = probe_rendered.html.read_text(encoding="utf-8")
+    rows = _probe_rows(html)
+    assert [r[:3] for r in rows] == [
+        ["candidate", "circle", "0.18"], ["candidate", "&lt;i&gt;z&lt;/i&gt;", "0.88"], ["candidate", "star", "0.48"],
+        ["reference", "circle", "0.51"], ["reference", "&lt;i&gt;z&lt;/i&gt;", "0.49"], ["reference", "star", "0.49"],
+    ]
+    reliant = {(r[0], r[1]): r[4] for r in rows}
+    assert reliant[("candidate", "circle")] == "yes"
+    assert reliant[("candidate", "&lt;i&gt;z&lt;/i&gt;")] == "yes"
+    assert [v for k, v in reliant.items() if k[1] == "star" or k[0] == "reference"] == ["no"] * 4
+    cand_z = rows[1]
+    assert cand_z[3:] == ["raises", "yes", "19.70", "57.5 %", "240"]
+    assert rows[0][5] == "-25.26"
+    # Requirements with their badges; notes are shown.
+    assert '<span class="badge status-fail">not met</span>' in html
+    assert "probe images: 60 per class" in html
+    assert "in the bottom-right corner, 5 % of the image side from the edges" in html
+    assert "75.4 % of the pairs for <b>candidate</b>" in html
+
+
+def test_probe_section_prints_names_literally(probe_rendered) -> None:
+    report = probe_rendered
+    html = report.html.read_text(encoding="utf-8")
+    assert PROBE_CLASS not in html
+    assert "&lt;i&gt;z&lt;/i&gt;" in html
+    text = _pdf_text(report.pdf)
+    assert PROBE_CLASS in text
+    assert "Limits of the method" in text
+    assert "It says nothing about concepts that cannot be pasted." in " ".join(text.split())
+
+
+def test_summary_breaks_identifiers_at_underscores(probe_rendered) -> None:
+    html = probe_rendered.html.read_text(encoding="utf-8")
+    assert "<td class=\"ident\">artifact_<wbr>probe</td>" in html
+    assert ">watermark_<wbr>reliance</a>" in html
+
+
+def test_probe_figure_shows_at_most_30_classes(tmp_path: Path) -> None:
+    from auditor.report.render import build_section
+
+    classes = [f"class{i:02d}" for i in range(40)]
+    base = make_result()
+    check = make_probe_check(classes)
+    result = AuditResult(schema_version=base.schema_version, title="t", verdict="FAIL", provenance=base.provenance,
+                         checks=[check])
+    section = build_section(0, check, result, tmp_path)
+    assert section.block == "artifact_probe"
+    assert len(section.data["table"]) == 80
+    (fig,) = section.figures
+    assert "shows the 30 of 40 classes the artifact moves most" in fig.caption
+    svg = (tmp_path / Path(fig.src).name).read_text(encoding="utf-8")
+    assert svg.startswith("<?xml")

@@ -178,10 +178,6 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
                 "test": "AUC of each class logit, artifact vs neutral patch (average ranks, ties count half)",
             },
             "requirements": reqs,
-            "notes": [
-                "Each clean image is shown with the artifact and with a neutral patch of its own mean colour on the "
-                "same pixels, so occlusion alone cannot look like reliance. AUC 0.5: the artifact does not move "
-                "the logit; above the threshold: the artifact raises the class logit (the class relies on it)."
-            ],
+            "notes": [],
         },
     )

@@ -21,12 +21,6 @@ from auditor.results import CheckResult, Status
 
 MIN_CAV_ACCURACY = 0.6
 
-LIMITS_NOTE = (
-    "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
-    "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
-    "concept onto images), reported separately where available."
-)
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -271,7 +265,7 @@ def run(check: TcavCheck, ctx: Context) -> CheckResult:
         },
         "layers": layers_by_model,
         "requirements": reqs,
-        "notes": [LIMITS_NOTE],
+        "notes": [],  # the report's Limits box states what TCAV cannot claim
     }
     return CheckResult(
         id=check.id,

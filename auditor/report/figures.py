@@ -298,3 +298,123 @@ def cav_accuracy(panels: Sequence[AccuracyPanel], out: Path, *, threshold: float
         labels = [shorten(c, 28) for c in concepts] + [f"learned threshold ({threshold:g})", "chance (0.5)"]
         fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
         return _save(fig, out)
+
+
+# Model colours of the figures that put models side by side (the TCAV figures draw one panel per model and
+# colour by layer, so roles have no colour there). Blue and orange stay apart in greyscale (dark vs light).
+ROLE_COLOURS = {"candidate": "#0072B2", "reference": "#E69F00"}
+_OTHER_ROLE_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000")
+BAND_COLOUR = "#F2D6CC"  # light vermillion: "the class relies on the artifact"
+
+
+def role_colours(roles: Sequence[str]) -> dict[str, str]:
+    """A colour per model role: candidate blue and reference orange wherever they appear, others in order."""
+    spare = iter(_OTHER_ROLE_COLOURS)
+    return {r: ROLE_COLOURS.get(r) or next(spare, GREY) for r in roles}
+
+
+@dataclass(frozen=True)
+class AucBar:
+    """One bar of the artifact-probe chart: AUC (artifact vs neutral patch) of one class logit in one model."""
+
+    model: str
+    cls: str
+    auc: float | None
+    reliant: bool
+
+
+def artifact_auc(
+    bars: Sequence[AucBar],
+    classes: Sequence[str],
+    roles: Sequence[str],
+    out: Path,
+    *,
+    threshold: float,
+    direction: str,
+    title: str,
+) -> Path:
+    """Horizontal bars of AUC per class, one bar per model, drawn from 0.5 (no effect) to the AUC.
+
+    Shaded bands mark reliance (AUC > ``threshold``; with ``direction == "both"`` also AUC < 1 - threshold);
+    reliant bars get a heavy black edge and a bold value. The x axis spans 0..1.
+
+    Parameters
+    ----------
+    bars : cells to draw; ``bar.cls`` must be in ``classes`` and ``bar.model`` in ``roles``.
+    classes : classes top to bottom.
+    roles : models, in the order of their bars within a class (top to bottom) and of the legend.
+    out : path of the SVG file to write.
+    threshold : the reliance threshold (> 0.5).
+    direction : "raise" or "both".
+    title : panel title.
+
+    Returns
+    -------
+    Path : ``out``.
+    """
+    with matplotlib.rc_context(_RC):
+        n_classes, n_roles = max(len(classes), 1), max(len(roles), 1)
+        height = min(1.25 + n_classes * (0.17 * n_roles + 0.13), 8.5)
+        fig = _new_figure(PAGE_WIDTH_IN, height)
+        ax = fig.add_subplot(1, 1, 1)
+        colour = role_colours(roles)
+        class_y = {c: i for i, c in enumerate(classes)}
+        role_i = {r: i for i, r in enumerate(roles)}
+        step = 0.8 / n_roles
+        low = 1.0 - threshold
+        ax.axvspan(threshold, 1.0, facecolor=BAND_COLOUR, linewidth=0, zorder=0)
+        if direction == "both":
+            ax.axvspan(0.0, low, facecolor=BAND_COLOUR, linewidth=0, zorder=0)
+        ax.axvline(0.5, color="#333333", linestyle=(0, (3, 2)), linewidth=0.9, zorder=3)
+        value_size = 6.5 if n_classes * n_roles <= 24 else 5.5
+        for bar in bars:
+            y = class_y[bar.cls] - 0.4 + step * (role_i[bar.model] + 0.5)
+            if bar.auc is None:
+                ax.text(0.51, y, "no AUC", ha="left", va="center", fontsize=value_size, color=GREY, zorder=4)
+                continue
+            auc = float(bar.auc)
+            ax.barh(
+                y, auc - 0.5, step * 0.86, left=0.5, color=colour[bar.model],
+                edgecolor="black" if bar.reliant else "#555555", linewidth=1.6 if bar.reliant else 0.4, zorder=2,
+            )
+            # A short tick at the bar's end keeps an AUC of about 0.5 (a bar of no length) visible.
+            ax.plot([auc, auc], [y - step * 0.43, y + step * 0.43], color="black" if bar.reliant else "#555555",
+                    linewidth=1.6 if bar.reliant else 0.8, solid_capstyle="butt", zorder=3)
+            right = auc >= 0.5
+            ax.text(
+                auc + (0.012 if right else -0.012), y, f"{auc:.2f}", ha="left" if right else "right", va="center",
+                fontsize=value_size, fontweight="bold" if bar.reliant else "normal", zorder=4,
+            )
+        # Room for the value labels beyond 0 and 1; the axis itself spans 0..1.
+        ax.set_xlim(-0.07, 1.07)
+        ax.spines["bottom"].set_bounds(0.0, 1.0)
+        ax.set_xticks([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+        ax.set_ylim(n_classes - 0.5, -0.5)
+        ax.set_yticks(range(len(classes)))
+        ax.set_yticklabels([wrap_hard(c, 22, 2) for c in classes])
+        ax.tick_params(axis="y", length=0)
+        ax.spines["left"].set_visible(False)
+        ax.grid(axis="x", color="#E5E5E5", linewidth=0.6, zorder=0)
+        for i in range(1, len(classes)):
+            ax.axhline(i - 0.5, color="#D5D5D5", linewidth=0.5, zorder=1)
+        ax.set_axisbelow(True)
+        # Which way is which: a row under the tick labels, the axis label below it.
+        ax.set_xlabel("AUC of the class logit, artifact vs neutral patch", labelpad=13)
+        ax.annotate("← the artifact lowers the logit", (0.0, 0.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, -15), textcoords="offset points", ha="left", va="top", fontsize=7, color="#555555")
+        ax.annotate("the artifact raises the logit →", (1.0, 0.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, -15), textcoords="offset points", ha="right", va="top", fontsize=7, color="#555555")
+        ax.set_title(wrap_hard(title, 95, 2), loc="left")
+        band = f"AUC > {threshold:g}" + (f" or < {low:g}" if direction == "both" else "")
+        handles: list[Any] = [Patch(facecolor=colour[r], edgecolor="#555555", linewidth=0.4) for r in roles]
+        handles += [
+            Patch(facecolor="white", edgecolor="black", linewidth=1.6),
+            Patch(facecolor=BAND_COLOUR, linewidth=0),
+            Line2D([], [], color="#333333", linestyle=(0, (3, 2)), linewidth=0.9),
+        ]
+        labels = [shorten(r, 28) for r in roles] + [
+            "relies on the artifact", f"reliance band ({band})", "no effect (0.5)",
+        ]
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 6), frameon=False,
+                   handlelength=1.6, columnspacing=1.4)
+        return _save(fig, out)

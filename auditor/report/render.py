@@ -41,6 +41,11 @@ TCAV_LIMITS_NOTE = (
     "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
     "concept onto images), reported separately where available."
 )
+PROBE_LIMITS_NOTE = (
+    "The probe measures what pasting the artifact does to each class logit, against a neutral patch on the same "
+    "pixels. It depends on where and how the artifact is pasted: an artifact the model learned at one position "
+    "may have no effect elsewhere. It says nothing about concepts that cannot be pasted."
+)
 # METHODS.md, TCAV step 4: mean held-out CAV accuracy below this means "not learned at this layer".
 DEFAULT_MIN_CAV_ACCURACY = 0.6
 
@@ -160,6 +165,18 @@ def fmt_value(value: Any) -> str:
     return text if len(text) <= 400 else text[:400] + " … (full value in results.json)"
 
 
+def fmt_share(value: Any) -> str:
+    """A share in [0, 1] as a percentage with one decimal (``57.5 %``); None as an em dash."""
+    if value is None:
+        return "—"
+    return f"{100 * float(value):.1f} %"
+
+
+def break_at_underscores(text: Any) -> Markup:
+    """``text`` escaped, with a line-break opportunity after every underscore (``artifact_<wbr>probe``)."""
+    return Markup("_<wbr>").join(Markup.escape(str(text)).split("_"))
+
+
 def _parse_created(created: str) -> datetime | None:
     try:
         dt = datetime.fromisoformat(created.replace("Z", "+00:00"))
@@ -267,6 +284,19 @@ def generic_section(check: CheckResult, ctx: SectionContext) -> Section:
         anchor=ctx.stem,
         data={"columns": columns, "rows": rows, "details": details},
     )
+
+
+def _requirements(details: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """details.requirements as the template's requirements table wants them (``why`` may be empty)."""
+    return [
+        {
+            "text": str(_need(req, "text", f"{where}: details.requirements[{i}]")),
+            "model": str(req.get("model", "")),
+            "met": bool(_need(req, "met", f"{where}: details.requirements[{i}]")),
+            "why": str(req.get("why") or ""),
+        }
+        for i, req in enumerate(details.get("requirements") or [])
+    ]
 
 
 @dataclass(frozen=True)
@@ -415,14 +445,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     for i, row in enumerate(table):
         row["new_model"] = i > 0 and table[i - 1]["model"] != row["model"]
 
-    requirements = [
-        {
-            "text": str(_need(req, "text", f"{where}: details.requirements[{i}]")),
-            "model": str(req.get("model", "")),
-            "met": bool(_need(req, "met", f"{where}: details.requirements[{i}]")),
-        }
-        for i, req in enumerate(details.get("requirements") or [])
-    ]
+    requirements = _requirements(details, where)
     settings_rows = [
         ("CAV learner", fmt_value(settings["cav"])),
         ("Activation space", fmt_value(settings["space"])),
@@ -454,11 +477,173 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     )
 
 
+@dataclass(frozen=True)
+class _ProbeRow:
+    model: str
+    cls: str
+    auc: float | None
+    reliant: bool
+    effect: str
+    shift: float | None
+    flipped_to: float | None
+    changed: float | None
+    n_pairs: Any
+
+
+def _probe_row(finding: Any, where: str) -> _ProbeRow:
+    for key in ("model", "class", "auc", "reliant"):
+        _need(finding, key, where)
+    auc = finding["auc"]
+    return _ProbeRow(
+        model=str(finding["model"]),
+        cls=str(finding["class"]),
+        auc=None if auc is None else float(auc),
+        reliant=bool(finding["reliant"]),
+        effect=str(finding.get("effect") or "—"),
+        shift=finding.get("mean_logit_shift"),
+        flipped_to=finding.get("flipped_to_class"),
+        changed=finding.get("prediction_changed"),
+        n_pairs=finding.get("n_pairs"),
+    )
+
+
+_CORNERS = {"top-left", "top-right", "bottom-left", "bottom-right"}
+MAX_PROBE_FIGURE_CLASSES = 30
+
+
+def _placement_words(artifact: Mapping[str, Any]) -> str:
+    """How the artifact was pasted, in words: where, how large, how opaque."""
+    pos = str(artifact.get("position", ""))
+    if pos == "random":
+        where = "at a random position in each image (seeded)"
+    elif pos in _CORNERS:
+        where = f"in the {pos} corner"
+        margin = artifact.get("margin")
+        if isinstance(margin, (int, float)) and not isinstance(margin, bool):
+            where += f", {100 * margin:g} % of the image side from the edges" if margin else ", at the edges"
+    else:
+        where = f"at position {pos}" if pos else "at the configured position"
+    scale = artifact.get("scale")
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        size = f"scaled to {100 * scale:g} % of the image width"
+    else:
+        size = "at its native pixel size"
+    opacity = artifact.get("opacity")
+    if isinstance(opacity, (int, float)) and not isinstance(opacity, bool) and opacity < 1:
+        alpha = f"at opacity {opacity:g}"
+    else:
+        alpha = "fully opaque"
+    return f"{where}, {size}, {alpha}"
+
+
+def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
+    """Artifact probe: AUC bars per class and model against the reliance band, requirements, findings table."""
+    where = f"check {check.id!r} (artifact_probe)"
+    details = check.details
+    settings = _need(details, "settings", f"{where}: details")
+    for key in ("artifact", "threshold", "direction"):
+        _need(settings, key, f"{where}: details.settings")
+    artifact = _need(settings, "artifact", f"{where}: details.settings")
+    image = str(_need(artifact, "image", f"{where}: details.settings.artifact"))
+    threshold = float(settings["threshold"])
+    direction = str(settings["direction"])
+    rows = [_probe_row(f, f"{where}: findings[{i}]") for i, f in enumerate(check.findings)]
+    if not rows:
+        return generic_section(check, ctx)
+
+    roles = _ordered(ctx.roles, [r.model for r in rows])
+    classes = list(dict.fromkeys(r.cls for r in rows))
+    band = f"above {threshold:g}" + (f" or below {1 - threshold:g}" if direction == "both" else "")
+
+    # Many classes (an ImageNet model tests 1000) would not fit one figure: it shows the classes the artifact
+    # moves most (reliant ones first), in their original order; the table lists every class.
+    shown = classes
+    if len(classes) > MAX_PROBE_FIGURE_CLASSES:
+        def strength(cls: str) -> tuple[bool, float]:
+            mine = [r for r in rows if r.cls == cls]
+            return (any(r.reliant for r in mine), max((abs(r.auc - 0.5) for r in mine if r.auc is not None),
+                                                      default=0.0))
+        keep = set(sorted(classes, key=strength, reverse=True)[:MAX_PROBE_FIGURE_CLASSES])
+        shown = [c for c in classes if c in keep]
+    path, src = ctx.figure("probe-auc.svg")
+    figures.artifact_auc(
+        [figures.AucBar(model=r.model, cls=r.cls, auc=r.auc, reliant=r.reliant) for r in rows if r.cls in shown],
+        shown, roles, path, threshold=threshold, direction=direction,
+        title=f"Artifact {figures.shorten(image, 80)}",
+    )
+    subset = (
+        f" The figure shows the {len(shown)} of {len(classes)} classes the artifact moves most (every reliant "
+        "class first); the table lists all of them."
+        if len(shown) < len(classes) else ""
+    )
+    fig = FigureRef(
+        src=src,
+        alt="AUC of each class logit, artifact versus neutral patch, per model",
+        caption=(
+            "AUC of each class logit, artifact versus neutral patch, one bar per model drawn from 0.5. "
+            f"What to look at: bars that end in a shaded band (AUC {band}) are classes whose logit moves with "
+            "the artifact; those classes rely on it (heavy outline, bold value). "
+            + ("To the left the artifact lowers the logit, to the right it raises it. " if direction == "both"
+               else "Only raising counts as reliance here (direction: raise); bars to the left show the artifact "
+                    "lowering the logit. ")
+            + "An AUC of 0.5 means the artifact does nothing beyond what a neutral patch of the same shape does."
+            + subset
+        ),
+    )
+
+    role_i = {role: i for i, role in enumerate(roles)}
+    class_i = {c: i for i, c in enumerate(classes)}
+    table = [
+        {
+            "model": r.model, "class": r.cls, "auc": fmt_num(r.auc), "effect": r.effect,
+            "reliant": "yes" if r.reliant else "no", "is_reliant": r.reliant,
+            "shift": fmt_num(r.shift), "flipped_to": fmt_share(r.flipped_to), "pairs": fmt_value(r.n_pairs),
+            "new_model": False,
+        }
+        for r in sorted(rows, key=lambda r: (role_i[r.model], class_i[r.cls]))
+    ]
+    for i, row in enumerate(table):
+        row["new_model"] = i > 0 and table[i - 1]["model"] != row["model"]
+    changed = []
+    for role in roles:
+        shares = [r.changed for r in rows if r.model == role and r.changed is not None]
+        if shares:
+            changed.append((role, fmt_share(shares[0])))
+    n_pairs = settings.get("n_pairs")
+    if n_pairs is None:
+        n_pairs = next((r.n_pairs for r in rows if r.n_pairs is not None), None)
+
+    return Section(
+        block="artifact_probe",
+        check=check,
+        anchor=ctx.stem,
+        figures=(fig,),
+        data={
+            "artifact": image,
+            "placement": _placement_words(artifact),
+            "n_pairs": fmt_value(n_pairs),
+            "threshold": f"{threshold:g}",
+            "low": f"{1 - threshold:g}",
+            "direction": direction,
+            "test": str(settings.get("test") or ""),
+            "classes": classes,
+            "roles": roles,
+            "table": table,
+            "changed": changed,
+            "requirements": _requirements(details, where),
+            # The audit's standard note restates the method, which "What was tested and why" already explains.
+            "notes": [str(n) for n in details.get("notes") or []],
+            "limits": PROBE_LIMITS_NOTE,
+        },
+    )
+
+
 SectionBuilder = Callable[[CheckResult, SectionContext], Section]
 
 # Method name -> section builder; methods not listed get the generic section.
 SECTIONS: dict[str, SectionBuilder] = {
     "tcav": tcav_section,
+    "artifact_probe": artifact_probe_section,
 }
 
 
@@ -497,7 +682,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=fmt_num, pval=fmt_p, value=fmt_value, slug=_slug)
+    env.filters.update(num=fmt_num, pval=fmt_p, value=fmt_value, slug=_slug, wbr=break_at_underscores)
     return env
 
 
