@@ -16,23 +16,8 @@ from auditor.policy import load_policy
 
 def _per_image(net, layer, x, target):
     """Activation and d logit[target] / d activation, one image at a time."""
-    mod = dict(net.named_modules())[layer]
-    acts, grads = [], []
-    for img in x:
-        store = {}
-
-        def hook(_m, _i, out):
-            out.retain_grad()
-            store["a"] = out
-
-        h = mod.register_forward_hook(hook)
-        try:
-            net(torch.from_numpy(img[None]))[0, target].backward()
-        finally:
-            h.remove()
-        acts.append(store["a"][0].detach().numpy())
-        grads.append(store["a"].grad[0].numpy())
-    return np.stack(acts), np.stack(grads)
+    pairs = [tinynet.eager_layer_grad(net, layer, img[None], target) for img in x]
+    return np.concatenate([a for a, _ in pairs]), np.concatenate([g for _, g in pairs])
 
 
 def _slow_tcav(policy, check, net):

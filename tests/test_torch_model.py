@@ -14,24 +14,6 @@ from auditor.models.torch_model import ModuleModel, ScriptModel
 SHAPE = (3, 16, 16)
 
 
-def _eager_grad(net, layer, x, target):
-    """Autograd per batch through a forward hook on the eager module (the obviously-correct way)."""
-    mod = dict(net.named_modules())[layer]
-    store = {}
-
-    def hook(_m, _i, out):
-        out.retain_grad()
-        store["a"] = out
-
-    h = mod.register_forward_hook(hook)
-    try:
-        y = net(torch.from_numpy(x))
-        y[:, target].sum().backward()
-    finally:
-        h.remove()
-    return store["a"].detach().numpy(), store["a"].grad.numpy()
-
-
 @pytest.mark.parametrize("factory,layer", [(tinynet.tiny, "features.1"), (tinynet.tiny, "features.4"),
                                            (tinynet.skip, "act1"), (tinynet.skip, "conv1")])
 def test_torchscript_activations_and_gradients_equal_eager(tmp_path, factory, layer):
@@ -41,7 +23,7 @@ def test_torchscript_activations_and_gradients_equal_eager(tmp_path, factory, la
     model = load_model(path, "auto", SHAPE)
     assert isinstance(model, ScriptModel) and model.framework == "torchscript"
     x = np.random.default_rng(0).normal(size=(5, *SHAPE)).astype(np.float32)
-    acts_ref, grad_ref = _eager_grad(factory(0), layer, x, target=1)
+    acts_ref, grad_ref = tinynet.eager_layer_grad(factory(0), layer, x, target=1)
     acts = model.activations(x, [layer])[layer]
     assert np.allclose(acts, acts_ref, atol=1e-5)
     head = model.head(layer)

@@ -1,5 +1,6 @@
 """A tiny seeded CNN for tests (importable as a `module:factory` too)."""
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,3 +45,21 @@ def tiny(seed: int = 0) -> TinyNet:
 def skip(seed: int = 0) -> SkipNet:
     torch.manual_seed(seed)
     return SkipNet().eval()
+
+
+def eager_layer_grad(net: nn.Module, layer: str, x: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """(activation, d logit[target] / d activation) of `layer` on a batch, by a forward hook and autograd on the
+    eager module: the obviously-correct reference the adapters are checked against."""
+    mod = dict(net.named_modules())[layer]
+    store = {}
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        store["a"] = out
+
+    h = mod.register_forward_hook(hook)
+    try:
+        net(torch.from_numpy(x))[:, target].sum().backward()
+    finally:
+        h.remove()
+    return store["a"].detach().numpy(), store["a"].grad.numpy()
