@@ -64,26 +64,35 @@ def main() -> None:
     """Audit two image models with concept tests and write a PDF report."""
 
 
-def _audit(policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool) -> int:
+def _audit(
+    policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None = None
+) -> int:
+    import dataclasses
+
     from auditor import pipeline, results
+    from auditor.diff import diff_results
     from auditor.policy import load_policy
     from auditor.report.render import render_report
 
     log = _logger(quiet)
     policy = load_policy(policy_path)
+    old = results.read(baseline) if baseline is not None else None  # a bad baseline fails before the audit runs
     out.mkdir(parents=True, exist_ok=True)
     cache = cache_dir if cache_dir is not None else Path(".auditor-cache")
     errors_log = out / "errors.log"
     errors_log.unlink(missing_ok=True)
     command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log)
+    result = outcome.result
+    if old is not None:
+        result = dataclasses.replace(result, baseline=diff_results(old, result))
     results_path = out / "results.json"
-    results.write(outcome.result, results_path)
+    results.write(result, results_path)
     log("rendering report")
     rendered = render_report(results_path, out)
-    code = pipeline.exit_code(outcome.result, fail_on)
-    click.echo(f"verdict: {outcome.result.verdict}  report: {rendered.pdf}", err=True)
-    for c in outcome.result.checks:
+    code = pipeline.exit_code(result, fail_on)
+    click.echo(f"verdict: {result.verdict}  report: {rendered.pdf}", err=True)
+    for c in result.checks:
         click.echo(f"  {c.status.value:7s} {c.severity:8s} {c.id}: {c.summary}", err=True)
     return code
 
@@ -95,10 +104,33 @@ def _audit(policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, q
 @click.option("--fail-on", type=click.Choice(["critical", "major", "minor"]), default="minor", show_default=True,
               help="lowest severity of a failed check that makes the exit code 1")
 @click.option("--quiet", is_flag=True, help="no progress on stderr")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="an earlier results.json: the report gets a 'Changes since the baseline' section")
 @_guard
-def run(policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool) -> None:
+def run(policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None) -> None:
     """Run the audit POLICY describes; write results.json and the report into --out."""
-    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet))
+    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet, baseline))
+
+
+@main.command("diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="also write the diff as JSON")
+@click.option("--fail-on-regression", is_flag=True, help="exit 1 when a check went from passing to FAIL or ERROR")
+@_guard
+def diff_command(old: Path, new: Path, json_out: Path | None, fail_on_regression: bool) -> None:
+    """What changed from OLD to NEW (two results.json): checks that changed status, findings that moved."""
+    import json
+
+    from auditor import results
+    from auditor.diff import diff_results, format_diff, regressions
+
+    d = diff_results(results.read(old), results.read(new))
+    click.echo(format_diff(d))
+    if json_out is not None:
+        json_out.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if fail_on_regression and regressions(d):
+        sys.exit(1)
 
 
 @main.command()

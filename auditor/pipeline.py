@@ -174,6 +174,7 @@ def provenance(ctx: Context, command: str) -> Provenance:
         image_sets=[ImageSetInfo(name=s.name, fingerprint=s.fingerprint, count=len(s)) for s in sets],
         libraries=library_versions(),
         command=command,
+        policy_text=policy.text,
     )
 
 

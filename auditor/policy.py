@@ -152,6 +152,7 @@ class Policy(_Strict):
     root: Path = Field(default=Path("."), exclude=True)
     source: str = Field(default="", exclude=True)
     sha256: str = Field(default="", exclude=True)
+    text: str = Field(default="", exclude=True)
 
     def resolve(self, relative: str) -> Path:
         p = Path(relative).expanduser()
@@ -198,6 +199,10 @@ def _message(err: dict[str, Any]) -> str:
     return f"{where}: {msg}"
 
 
+# Fields load_policy fills in; a policy file may not set them.
+_INTERNAL = ("root", "source", "sha256", "text")
+
+
 def parse_policy(text: str, source: str, root: Path) -> Policy:
     try:
         raw = yaml.safe_load(text)
@@ -207,12 +212,15 @@ def parse_policy(text: str, source: str, root: Path) -> Policy:
         raise PolicyError(source, [f"not valid YAML at {where}: {getattr(e, 'problem', e)}"]) from None
     if not isinstance(raw, dict):
         raise PolicyError(source, ["the policy must be a YAML mapping (keys: models, data, layers, checks, ...)"])
+    internal = [k for k in _INTERNAL if k in raw]
+    if internal:
+        raise PolicyError(source, [f"{k}: unknown key (check the spelling; allowed keys are in policies/reference.yaml)" for k in internal])
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as e:
         raise PolicyError(source, [_message(err) for err in e.errors()]) from None
     policy = policy.model_copy(
-        update={"root": root, "source": source, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        update={"root": root, "source": source, "sha256": hashlib.sha256(text.encode()).hexdigest(), "text": text}
     )
     problems = _cross_check(policy)
     if problems:

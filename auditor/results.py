@@ -53,6 +53,7 @@ class Provenance:
     image_sets: list[ImageSetInfo]
     libraries: dict[str, str]
     command: str = ""
+    policy_text: str = ""  # the policy YAML as audited, embedded in the PDF as an attachment
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class AuditResult:
     verdict: str  # "PASS" | "FAIL"
     provenance: Provenance
     checks: list[CheckResult]
+    # What changed against a baseline audit (`auditor run --baseline OLD/results.json`): auditor.diff's output.
+    baseline: dict[str, Any] | None = None
 
 
 def to_dict(result: AuditResult) -> dict[str, Any]:
@@ -96,6 +99,7 @@ def from_dict(d: dict[str, Any]) -> AuditResult:
         image_sets=[ImageSetInfo(**s) for s in p["image_sets"]],
         libraries=dict(p["libraries"]),
         command=p.get("command", ""),
+        policy_text=p.get("policy_text", ""),
     )
     checks = [
         CheckResult(
@@ -116,6 +120,7 @@ def from_dict(d: dict[str, Any]) -> AuditResult:
         verdict=d["verdict"],
         provenance=prov,
         checks=checks,
+        baseline=d.get("baseline"),
     )
 
 
@@ -131,4 +136,15 @@ def write(result: AuditResult, path: Path) -> None:
 
 
 def read(path: Path) -> AuditResult:
-    return from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    """A results.json from disk; a missing, malformed or foreign file is a UserError naming it."""
+    from auditor.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results file not found: {path}")
+    try:
+        return from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not an auditor results.json ({type(e).__name__}: {e})") from None
