@@ -19,7 +19,7 @@ from auditor import __version__, data
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import UserError
-from auditor.methods import METHODS
+from auditor.methods import METHODS, tcav
 from auditor.models import Model, load_model
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
@@ -203,6 +203,7 @@ def run_audit(
     for check in policy.checks:
         log(f"check {check.id} ({check.method})")
         checks.append(_run_check(check, ctx, errors_log))
+    checks = tcav.correct_family(list(policy.checks), checks)
     verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
     s = ctx.store.stats
     log(

@@ -82,3 +82,24 @@ def test_tcav_scores_and_magnitude():
     score, mag = tcav_scores(s)
     assert np.allclose(score, [2 / 3, 0])
     assert np.allclose(mag, [(2 / 3) / (4 / 3), (-4 / 3) / (4 / 3)])
+
+
+def test_holm_family_spans_every_tcav_check_of_the_audit(tiny_world, tmp_path):
+    from auditor.methods import stats
+
+    second = """  - id: tcav-blue
+    method: tcav
+    classes: [b]
+    concepts: [blue]
+    random_sets: 4
+    set_size: 12
+"""
+    (tmp_path / "world").symlink_to(tiny_world.root / "world")
+    (tmp_path / "p.yaml").write_text(tiny_world.policy_text({"candidate": str(tiny_world.script)}, extra_check=second))
+    result = pipeline.run_audit(load_policy(tmp_path / "p.yaml"), tmp_path / "cache", lambda _m: None).result
+    tested = [f for c in result.checks for f in c.findings if f["learned"]]
+    assert len(result.checks) == 2 and len(tested) > len([f for f in result.checks[0].findings if f["learned"]])
+    expected = stats.holm(np.array([f["p_value"] for f in tested]))
+    assert np.allclose([f["p_adjusted"] for f in tested], expected)
+    for c in result.checks:
+        assert c.details["settings"]["family_size"] == len(tested)

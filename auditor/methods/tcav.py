@@ -134,13 +134,10 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def findings(cells: list[Cell], alpha: float) -> list[dict]:
-    """One finding per cell; Holm-adjusted over every tested (learned) cell of the family."""
-    tested = [i for i, c in enumerate(cells) if c.learned]
-    welch = {i: stats.welch_t(cells[i].scores, cells[i].random_scores) for i in tested}
-    adjusted = dict(zip(tested, stats.holm(np.array([welch[i].p_value for i in tested]))))
+def findings(cells: list[Cell]) -> list[dict]:
+    """One finding per cell with its raw Welch p-value; `adjust` then sets p_adjusted and the verdict."""
     out = []
-    for i, c in enumerate(cells):
+    for c in cells:
         row = {
             "model": c.model,
             "layer": c.layer,
@@ -150,27 +147,39 @@ def findings(cells: list[Cell], alpha: float) -> list[dict]:
             "learned": c.learned,
             "random_score_mean": round(float(c.random_scores.mean()), 6),
             "random_score_std": round(float(c.random_scores.std()), 6),
+            "score": None, "score_std": None, "magnitude": None, "p_value": None, "p_adjusted": None,
+            "p_one_sample": None, "significant": False, "verdict": "not learned",
         }
-        if i in adjusted:
-            significant = bool(adjusted[i] <= alpha)
-            above = c.scores.mean() > c.random_scores.mean()
+        if c.learned:
             row.update(
                 score=round(float(c.scores.mean()), 6),
                 score_std=round(float(c.scores.std()), 6),
                 magnitude=round(float(c.magnitudes.mean()), 6),
-                p_value=_finite(welch[i].p_value),
-                p_adjusted=_finite(adjusted[i]),
+                p_value=_finite(stats.welch_t(c.scores, c.random_scores).p_value),
                 p_one_sample=_finite(stats.one_sample_t(c.scores, 0.5).p_value),
-                significant=significant,
-                verdict=("sensitive" if above else "significant-low") if significant else "not significant",
-            )
-        else:
-            row.update(
-                score=None, score_std=None, magnitude=None, p_value=None, p_adjusted=None, p_one_sample=None,
-                significant=False, verdict="not learned",
             )
         out.append(row)
     return out
+
+
+def adjust(rows: list[dict], p_adjusted: list[float], alpha: float) -> list[dict]:
+    """Rows with p_adjusted, significance and verdict set; `p_adjusted` holds one value per tested row, in order."""
+    values = iter(p_adjusted)
+    out = []
+    for f in rows:
+        if f["learned"]:
+            p = float(next(values))
+            significant = bool(p <= alpha)
+            above = f["score"] > f["random_score_mean"]
+            verdict = ("sensitive" if above else "significant-low") if significant else "not significant"
+            f = {**f, "p_adjusted": _finite(p), "significant": significant, "verdict": verdict}
+        out.append(f)
+    return out
+
+
+def _tested_p(rows: list[dict]) -> list[float]:
+    # A p-value scipy could not compute (nan) is no evidence: it enters the family as 1.
+    return [1.0 if f["p_value"] is None else f["p_value"] for f in rows if f["learned"]]
 
 
 def requirement_text(r: TcavRequirement) -> str:
@@ -226,9 +235,8 @@ def evaluate(r: TcavRequirement, rows: list[dict], roles: list[str], classes: li
     return met, weak, "; ".join(why)
 
 
-def run(check: TcavCheck, ctx: Context) -> CheckResult:
-    cells, layers_by_model = _cells(check, ctx)
-    rows = findings(cells, check.alpha)
+def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list[str]], family: int) -> CheckResult:
+    """Requirements, status and summary from adjusted rows; `family` is the Holm family's size."""
     roles = list(layers_by_model)
     outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
     reqs = [
@@ -249,7 +257,6 @@ def run(check: TcavCheck, ctx: Context) -> CheckResult:
         summary = f"{len(sensitive)} of {len(rows)} (model, layer, class, concept) cells significantly sensitive"
     if not_learned:
         summary += f" ({len(not_learned)} cells not learned: CAV accuracy < {MIN_CAV_ACCURACY})"
-    family = sum(1 for f in rows if f["learned"])
     details = {
         "settings": {
             "cav": check.cav,
@@ -259,7 +266,8 @@ def run(check: TcavCheck, ctx: Context) -> CheckResult:
             "alpha": check.alpha,
             "classes": list(check.classes),
             "concepts": list(check.concepts),
-            "test": f"Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over {family} tests",
+            "test": "Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over "
+            f"{family} tests (every tested TCAV cell of the audit)",
             "family_size": family,
             "min_cav_accuracy": MIN_CAV_ACCURACY,
         },
@@ -277,3 +285,29 @@ def run(check: TcavCheck, ctx: Context) -> CheckResult:
         findings=rows,
         details=details,
     )
+
+
+def run(check: TcavCheck, ctx: Context) -> CheckResult:
+    cells, layers_by_model = _cells(check, ctx)
+    rows = findings(cells)
+    raw = _tested_p(rows)
+    # Holm over this check alone; the pipeline widens the family to every TCAV check of the audit (correct_family).
+    return conclude(check, adjust(rows, list(stats.holm(np.array(raw))), check.alpha), layers_by_model, len(raw))
+
+
+def correct_family(checks: list[TcavCheck], results: list[CheckResult]) -> list[CheckResult]:
+    """Holm over every tested cell of every TCAV check of the audit (METHODS.md: one family per audit).
+
+    `checks[i]` is the policy spec of `results[i]`; results that are not TCAV or that crashed pass through.
+    """
+    tcav = [i for i, r in enumerate(results) if r.method == "tcav" and r.status != Status.ERROR]
+    raw = [_tested_p(results[i].findings) for i in tcav]
+    adjusted = list(stats.holm(np.array([p for ps in raw for p in ps])))
+    family = len(adjusted)
+    out = list(results)
+    start = 0
+    for i, ps in zip(tcav, raw):
+        rows = adjust(results[i].findings, adjusted[start : start + len(ps)], checks[i].alpha)
+        start += len(ps)
+        out[i] = conclude(checks[i], rows, results[i].details["layers"], family)
+    return out
