@@ -26,5 +26,15 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The committed sample report: re-rendered from sample_reports/results.json (refreshed from the demo's, when there
+# is one), dated by the audit's own date so the PDF bytes repeat.
+samples: $(STAMP)
+	mkdir -p sample_reports
+	if [ -f $(DEMO)/report/results.json ]; then cp $(DEMO)/report/results.json sample_reports/results.json; fi
+	rm -rf sample_reports/assets
+	SOURCE_DATE_EPOCH=$$($(PY) -c "import json,datetime;c=json.load(open('sample_reports/results.json'))['provenance']['created'];print(int(datetime.datetime.fromisoformat(c.replace('Z','+00:00')).timestamp()))") \
+		$(VENV)/bin/auditor render sample_reports/results.json --out sample_reports
+	rm -f sample_reports/junit.xml sample_reports/summary.md
+
 clean:
 	rm -rf $(VENV) $(DEMO) .auditor-cache build *.egg-info

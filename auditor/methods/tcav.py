@@ -246,8 +246,8 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
     not_learned = [f for f in rows if not f["learned"]]
     if any(not q["met"] for q in reqs):
         status = Status.FAIL  # the check's severity, against --fail-on, decides the exit code
-    elif any(q["weak"] for q in reqs):
-        status = Status.WARN
+    elif any(q["weak"] for q in reqs) or not_learned:
+        status = Status.WARN  # weak evidence: some concept is not linearly decodable at some layer
     else:
         status = Status.PASS
     sensitive = [f for f in rows if f["verdict"] == "sensitive"]

@@ -713,6 +713,105 @@ def _verdict_summary(result: AuditResult) -> dict[str, Any]:
     }
 
 
+def _status_word(value: Any) -> dict[str, str] | None:
+    """A check status from the baseline comparison as a badge (word + css class); None when absent."""
+    if value is None:
+        return None
+    word = str(value).upper()
+    known = {s.value for s in Status}
+    return {"word": word, "class": word.lower() if word in known else "skipped"}
+
+
+# results.json sorts its keys: a finding's identity and numbers are printed in this reading order instead.
+_KEY_ORDER = ("model", "layer", "class", "concept", "artifact")
+_VALUE_ORDER = ("score", "auc", "p_value", "p_adjusted", "significant", "reliant")
+_VALUE_LABELS = {"p_value": "p", "p_adjusted": "p adj.", "mean_logit_shift": "shift"}
+
+
+def _in_order(mapping: Mapping[str, Any], order: Sequence[str]) -> list[tuple[str, Any]]:
+    rank = {k: i for i, k in enumerate(order)}
+    return sorted(mapping.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
+def _compact(values: Any) -> str:
+    """A finding's compared numbers in one short line (``score 0.90 · p adj. 0.01 · significant yes``)."""
+    if values is None:
+        return "—"
+    if not isinstance(values, Mapping):
+        return fmt_value(values)
+    parts = []
+    for k, v in _in_order(values, _VALUE_ORDER):
+        shown = fmt_p(v) if k.startswith("p_") and isinstance(v, (int, float)) and not isinstance(v, bool) \
+            else fmt_value(v)
+        parts.append(f"{_VALUE_LABELS.get(k, k)} {shown}")
+    return " · ".join(parts) or "—"
+
+
+def baseline_view(result: AuditResult) -> dict[str, Any] | None:
+    """What the "Changes since the baseline" section shows, from ``result.baseline`` (auditor.diff's output).
+
+    Returns None when the audit was not compared with a baseline.
+
+    Raises
+    ------
+    ResultsError : the baseline object lacks a key the section needs.
+    """
+    base = result.baseline
+    if base is None:
+        return None
+    where = "results.json: baseline"
+    old, new = _need(base, "old", where), _need(base, "new", where)
+    sides = {}
+    for label, side in (("old", old), ("new", new)):
+        sides[label] = {
+            "date": fmt_date(str(_need(side, "created", f"{where}.{label}"))),
+            "verdict": str(_need(side, "verdict", f"{where}.{label}")).upper(),
+            "policy": str(side.get("policy_sha256") or ""),
+            "models": dict(_need(side, "models", f"{where}.{label}") or {}),
+        }
+    for side in sides.values():
+        side["class"] = {"PASS": "pass", "FAIL": "fail"}.get(side["verdict"], "other")
+    roles = list(dict.fromkeys([m.role for m in result.provenance.models]
+                               + list(sides["old"]["models"]) + list(sides["new"]["models"])))
+    models = []
+    for role in roles:
+        a, b = sides["old"]["models"].get(role), sides["new"]["models"].get(role)
+        if a is None and b is None:
+            continue
+        state = "unchanged" if a == b else "new" if a is None else "removed" if b is None else "changed"
+        models.append({"role": role, "state": state, "old": str(a or "")[:12], "new": str(b or "")[:12]})
+    checks = []
+    for i, c in enumerate(_need(base, "checks", where) or []):
+        w = f"{where}.checks[{i}]"
+        if not _need(c, "changed", w):
+            continue
+        checks.append({
+            "id": str(_need(c, "id", w)), "method": str(c.get("method") or ""),
+            "old": _status_word(c.get("old_status")), "new": _status_word(c.get("new_status")),
+        })
+    findings = []
+    for i, f in enumerate(_need(base, "findings", where) or []):
+        w = f"{where}.findings[{i}]"
+        key = _need(f, "key", w) or {}
+        findings.append({
+            "check": str(_need(f, "check", w)), "method": str(f.get("method") or ""),
+            "key": ([(str(k), fmt_value(v)) for k, v in _in_order(key, _KEY_ORDER)] if isinstance(key, Mapping)
+                    else [("", fmt_value(key))]),
+            "change": str(_need(f, "change", w)),
+            "old": _compact(f.get("old")), "new": _compact(f.get("new")),
+        })
+    return {
+        "old": sides["old"], "new": sides["new"],
+        "verdict_changed": bool(base.get("verdict_changed", sides["old"]["verdict"] != sides["new"]["verdict"])),
+        "policy_changed": bool(sides["old"]["policy"] and sides["new"]["policy"]
+                               and sides["old"]["policy"] != sides["new"]["policy"]),
+        "models": models,
+        "models_changed": [m for m in models if m["state"] != "unchanged"],
+        "checks": checks,
+        "findings": findings,
+    }
+
+
 def render_html(result: AuditResult, sections: Sequence[Section]) -> str:
     """The report as one HTML document (CSS inlined; figures referenced as ``assets/...``)."""
     env = _environment()
@@ -723,6 +822,7 @@ def render_html(result: AuditResult, sections: Sequence[Section]) -> str:
         prov=result.provenance,
         sections=sections,
         verdict=_verdict_summary(result),
+        baseline=baseline_view(result),
         date=fmt_date(result.provenance.created),
         created_w3c=created.strftime("%Y-%m-%dT%H:%M:%SZ") if created else None,
         css=Markup(css),  # our own stylesheet, shipped with the package
@@ -773,16 +873,23 @@ def _write_pdf(html: str, target: Path, out_dir: Path, stage: Path, attachment: 
 
     created = _parse_created(result.provenance.created) or datetime(1970, 1, 1, tzinfo=timezone.utc)
     fetcher = LocalFetcher()
+    # Explicit dates (the audit's, never the render's) keep the PDF bytes reproducible.
+    attachments = [Attachment(
+        string=attachment, name="results.json", url_fetcher=fetcher,
+        description="The audit results this report was rendered from",
+        created=created, modified=created, relationship="Source",
+    )]
+    if result.provenance.policy_text:
+        attachments.append(Attachment(
+            string=result.provenance.policy_text.encode("utf-8"), name="policy.yaml", url_fetcher=fetcher,
+            description="The audit policy as audited", created=created, modified=created, relationship="Source",
+        ))
     try:
         document = HTML(string=html, base_url=out_dir.resolve().as_uri() + "/", url_fetcher=fetcher)
         document.write_pdf(
             target,
             pdf_variant="pdf/a-3b",
-            attachments=[Attachment(
-                string=attachment, name="results.json", url_fetcher=fetcher,
-                description="The audit results this report was rendered from",
-                created=created, modified=created, relationship="Source",
-            )],
+            attachments=attachments,
         )
     except FatalURLFetchingError as exc:
         raise RenderError(f"PDF rendering stopped: {exc} ({exc.__cause__})") from None
@@ -868,8 +975,8 @@ def summary_markdown(result: AuditResult) -> str:
 def render_report(results_path: Path, out_dir: Path) -> RenderedReport:
     """Render the report of ``results_path`` into ``out_dir``.
 
-    Writes ``assets/*.svg``, ``report.html``, ``report.pdf`` (PDF/A-3b with results.json attached),
-    ``junit.xml`` and ``summary.md``. Everything is produced in a staging folder first and moved into place
+    Writes ``assets/*.svg``, ``report.html``, ``report.pdf`` (PDF/A-3b with results.json and, when recorded,
+    the policy YAML attached), ``junit.xml`` and ``summary.md``. Everything is produced in a staging folder first and moved into place
     only when all of it succeeded, so a failure never leaves a half-written report behind.
 
     Raises
