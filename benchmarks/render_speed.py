@@ -5,6 +5,7 @@
 
 Peak memory is the process's peak resident set size (resource.getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux):
 WeasyPrint's layout and Pango/cairo live outside the Python heap, which tracemalloc would not see.
+Figures are drawn partly in a worker process (see draw_figures); its peak RSS and CPU time are printed apart.
 The last line is machine-read: ``render_100: seconds=<s> peak_mib=<MiB>``.
 """
 
@@ -116,9 +117,15 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         from pypdf import PdfReader
         pages = len(PdfReader(report.pdf).pages)
-        print(f"checks: {N_CHECKS}; figures: {len(report.assets)}; pages: {pages}; "
+        svg = [a for a in report.assets if a.suffix == ".svg"]
+        png = [a for a in report.assets if a.suffix == ".png"]
+        print(f"checks: {N_CHECKS}; figures: {len(svg)} (+ {len(png)} PNG rasters for the PDF); pages: {pages}; "
               f"pdf: {report.pdf.stat().st_size / 2**20:.1f} MiB")
         print(f"peak RSS before render (imports): {before:.0f} MiB")
+        # Figure workers (auditor.report.render.draw_figures) are child processes: their peak is reported apart.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(f"figure workers: peak RSS {children.ru_maxrss / 1024:.0f} MiB; "
+              f"cpu {children.ru_utime + children.ru_stime:.1f} s; this process cpu {time.process_time():.1f} s")
     print(f"render_100: seconds={seconds:.1f} peak_mib={peak:.0f}")
 
 

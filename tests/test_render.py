@@ -217,6 +217,53 @@ def test_render_is_reproducible(rendered, tmp_path: Path, monkeypatch: pytest.Mo
     assert second.summary.read_bytes() == first.summary.read_bytes()
 
 
+def test_pdf_embeds_png_rasters_of_the_svg_figures(rendered) -> None:
+    from auditor.report.render import pdf_html
+
+    _, report = rendered
+    html = report.html.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]+)"', html)
+    for src in srcs:
+        png = (report.out_dir / src).with_suffix(".png")
+        assert png.is_file() and png in report.assets
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert b"tEXt" not in png.read_bytes() and b"tIME" not in png.read_bytes()  # no tool version, no date
+    # The PDF's HTML has the rasters inline (a file URL would put the out directory into the PDF bytes).
+    swapped = pdf_html(html, report.out_dir)
+    assert re.findall(r'src="([^"]+)"', swapped) and all(
+        s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]+)"', swapped))
+    assert pdf_html('<img src="assets/by-the-audit.svg">', report.out_dir) == '<img src="assets/by-the-audit.svg">'
+    # ...and the PDF holds bitmaps, not the figures' vector paths.
+    images = [name for page in PdfReader(report.pdf).pages for name in page.images]
+    assert len(images) >= len(srcs)
+
+
+def test_parallel_figures_give_the_same_bytes(rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.report import render
+
+    root, first = rendered
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+    monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
+    monkeypatch.setattr(render, "_workers", lambda: 2)
+    second = render_report(root / "results.json", tmp_path / "parallel")
+    assert [p.name for p in second.assets] == [p.name for p in first.assets]
+    for a, b in zip(first.assets, second.assets):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert second.pdf.read_bytes() == first.pdf.read_bytes()
+
+
+def test_figure_worker_error_names_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.report import figures, render
+
+    job = render.FigureJob("bad_check", figures.cav_accuracy, (None, tmp_path / "x.svg"), {})  # TypeError
+    monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
+    monkeypatch.setattr(render, "_workers", lambda: 2)
+    with pytest.raises(ResultsError, match="bad_check"):
+        render.draw_figures([job, job])  # one drawn here, one in a worker
+    with pytest.raises(ResultsError, match="bad_check"):
+        render.draw_figures([render.FigureJob("ok", len, ((),), {}), job])  # the failure in the worker
+
+
 def test_missing_key_is_a_clear_error(tmp_path: Path) -> None:
     data = results.to_dict(make_result())
     del data["checks"][1]["status"]

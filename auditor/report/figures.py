@@ -1,7 +1,8 @@
-"""Report figures: plain data in, one reproducible SVG file out.
+"""Report figures: plain data in, one reproducible SVG file (and its PNG raster, for the PDF) out.
 
 Every function here is pure in the sense that matters for a signed report: it takes plain values and an output
-path, writes exactly that file and returns its path; the same input gives the same bytes. Nothing reads
+path, writes exactly that file (plus the PNG raster next to it, see raster_path) and returns its path; the same
+input gives the same bytes. Nothing reads
 results.json and nothing imports pyplot, so no GUI backend or global figure state is ever involved.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -143,11 +146,38 @@ def wrap_hard(text: str, width: int = 20, max_lines: int = 3) -> str:
     return "\n".join(lines)
 
 
+# Resolution of the PNG raster written next to every SVG figure (the PDF embeds the raster: WeasyPrint draws an
+# SVG of a matplotlib figure, every glyph a path, about 100 times slower than it places a bitmap).
+RASTER_DPI = 200
+
+
+def raster_path(svg: Path) -> Path:
+    """The PNG raster written next to the SVG figure ``svg`` (``x.svg`` -> ``x.png``)."""
+    return Path(svg).with_suffix(".png")
+
+
 def _save(fig: Figure, out: Path) -> Path:
+    """Write ``fig`` as the SVG ``out`` and, for the PDF, as the PNG raster next to it; both reproducible.
+
+    The figure is drawn twice in all: once by Agg at RASTER_DPI (which runs the constrained layout, gives the
+    tight bounding box and is the PNG, cropped to that box) and once as SVG within the same box.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fig.set_dpi(RASTER_DPI)
+    canvas = fig.canvas
+    canvas.draw()
+    bbox = fig.get_tightbbox(canvas.get_renderer()).padded(0.04)  # inches, what bbox_inches="tight" would use
+    fig.set_layout_engine(None)  # keep the layout just computed: the SVG is drawn with the same one
+    pixels = np.asarray(canvas.buffer_rgba())
+    height = pixels.shape[0]
+    x0, y0, x1, y1 = (int(round(v * RASTER_DPI)) for v in bbox.extents)
+    crop = pixels[max(height - y1, 0): height - max(y0, 0), max(x0, 0): x1, :3]
+    # No text chunks (Software, dates): the same figure gives the same PNG bytes.
+    PIL.Image.fromarray(np.ascontiguousarray(crop), "RGB").save(
+        raster_path(out), format="png", dpi=(RASTER_DPI, RASTER_DPI))
     # Metadata Date=None: no timestamp in the file, so re-rendering gives identical bytes.
-    fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=0.04)
+    fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches=bbox)
     return out
 
 

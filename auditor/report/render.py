@@ -10,10 +10,14 @@ means one section builder here and one macro in templates/report.html.j2.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +99,16 @@ class Section:
 
 
 @dataclass(frozen=True)
+class FigureJob:
+    """One deferred figure: ``func(*args, **kwargs)`` writes it (plain, picklable values only)."""
+
+    check_id: str
+    func: Callable[..., Path]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class SectionContext:
     """What a section builder may use besides its check: the whole result (read only) and where figures go."""
 
@@ -103,6 +117,17 @@ class SectionContext:
     stem: str  # file-name stem unique to this check, e.g. "check-1-tcav-shortcut"
     roles: tuple[str, ...]  # model roles in the order of provenance.models
     model_names: Mapping[str, str] = field(default_factory=dict)
+    # Where figure drawings go when they are deferred (render_report draws them all at once, in parallel);
+    # None: draw each one at once.
+    jobs: list[FigureJob] | None = None
+    check_id: str = ""
+
+    def draw(self, func: Callable[..., Path], *args: Any, **kwargs: Any) -> None:
+        """Draw a figure with ``func(*args, **kwargs)`` (a function of auditor.report.figures): now, or as a job."""
+        if self.jobs is None:
+            func(*args, **kwargs)
+        else:
+            self.jobs.append(FigureJob(self.check_id, func, args, kwargs))
 
     def figure(self, name: str) -> tuple[Path, str]:
         """(path to write now, src for the HTML) of this check's figure ``name`` (e.g. ``tcav-0.svg``)."""
@@ -387,7 +412,8 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
         ]
         path, src = ctx.figure(f"tcav-{ri}-{_slug(role, 20)}.svg")
         name = ctx.model_names.get(role, "")
-        figures.tcav_scores(
+        ctx.draw(
+            figures.tcav_scores,
             bars, [group_label(p) for p in pairs if p in present], layers[role], path,
             title=f"{role}: {name}" if name else role,
         )
@@ -418,7 +444,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
         panels.append(figures.AccuracyPanel(title=role, layers=tuple(layers[role]), lines=lines))
     if panels:
         path, src = ctx.figure("cav-accuracy.svg")
-        figures.cav_accuracy(panels, path, threshold=threshold)
+        ctx.draw(figures.cav_accuracy, panels, path, threshold=threshold)
         figs.append(FigureRef(
             src=src,
             alt="Held-out CAV accuracy by layer for each model and concept",
@@ -566,7 +592,8 @@ def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
         keep = set(sorted(classes, key=strength, reverse=True)[:MAX_PROBE_FIGURE_CLASSES])
         shown = [c for c in classes if c in keep]
     path, src = ctx.figure("probe-auc.svg")
-    figures.artifact_auc(
+    ctx.draw(
+        figures.artifact_auc,
         [figures.AucBar(model=r.model, cls=r.cls, auc=r.auc, reliant=r.reliant) for r in rows if r.cls in shown],
         shown, roles, path, threshold=threshold, direction=direction,
         title=f"Artifact {figures.shorten(image, 80)}",
@@ -647,9 +674,16 @@ SECTIONS: dict[str, SectionBuilder] = {
 }
 
 
-def build_section(index: int, check: CheckResult, result: AuditResult, assets_dir: Path) -> Section:
-    """The section of ``check`` (the ``index``-th check), its figures written under ``assets_dir``."""
+def build_section(
+    index: int, check: CheckResult, result: AuditResult, assets_dir: Path, jobs: list[FigureJob] | None = None,
+) -> Section:
+    """The section of ``check`` (the ``index``-th check), its figures written under ``assets_dir``.
+
+    With ``jobs`` given, the figures are not drawn here but appended to it (see draw_figures).
+    """
     ctx = SectionContext(
+        jobs=jobs,
+        check_id=check.id,
         result=result,
         assets_dir=assets_dir,
         stem=f"check-{index + 1}-{_slug(check.id)}",
@@ -666,6 +700,87 @@ def build_section(index: int, check: CheckResult, result: AuditResult, assets_di
         raise ResultsError(
             f"check {check.id!r} ({check.method}): malformed findings or details ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+# Below this many figures the drawing stays in this process (starting workers costs about a second).
+PARALLEL_MIN_FIGURES = 12
+FIGURE_WORKERS = 2
+
+
+def _run_job(job: FigureJob) -> None:
+    try:
+        job.func(*job.args, **job.kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResultsError(
+            f"check {job.check_id!r}: malformed findings or details ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(FIGURE_WORKERS, cores))
+
+
+# A worker is a fresh interpreter (not multiprocessing: "spawn" would re-run the caller's main script, "fork"
+# would copy WeasyPrint's GLib threads). It reads sys.path and then its jobs as pickles from the file named
+# by its argument, draws them and writes back one pickle on stdout: None, or the ResultsError that stopped it.
+_WORKER = (
+    "import pickle, sys; f = open(sys.argv[1], 'rb'); sys.path[:] = pickle.load(f); "
+    "from auditor.report.render import _worker_main; _worker_main(f)"
+)
+
+
+def _worker_main(source: Any) -> None:
+    jobs = pickle.load(source)
+    source.close()
+    error: ResultsError | None = None
+    try:
+        for job in jobs:
+            _run_job(job)
+    except ResultsError as exc:
+        error = exc
+    pickle.dump(error, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+def draw_figures(jobs: Sequence[FigureJob]) -> None:
+    """Draw deferred figures: shared with worker processes when there are many, else all here.
+
+    Every job writes its own files and a figure's bytes depend only on its inputs, so which process draws it
+    (and in what order) does not change any output byte.
+    """
+    workers = _workers()
+    if workers < 2 or len(jobs) < PARALLEL_MIN_FIGURES:
+        for job in jobs:
+            _run_job(job)
+        return
+    # Job k goes to process k % workers; this process (index 0) draws its share while the others run.
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="auditor-figures-") as tmp:
+        try:
+            for w in range(1, workers):
+                # Jobs go through a file, not a pipe: this process never waits for a worker to start reading.
+                job_file = Path(tmp) / f"jobs-{w}.pickle"
+                with job_file.open("wb") as f:
+                    pickle.dump(list(sys.path), f)
+                    pickle.dump(list(jobs[w::workers]), f)
+                procs.append(subprocess.Popen([sys.executable, "-c", _WORKER, str(job_file)],
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE))
+            for job in jobs[0::workers]:
+                _run_job(job)
+        finally:
+            outcomes = [(proc, *proc.communicate()) for proc in procs]
+    for proc, out, err in outcomes:
+        if proc.returncode != 0 or not out:
+            raise RenderError(f"a figure worker failed (exit code {proc.returncode}): "
+                              f"{err.decode('utf-8', 'replace')[-2000:]}")
+        error = pickle.loads(out)
+        if error is not None:
+            raise error
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -848,6 +963,27 @@ def _check_assets(html: str, roots: Sequence[Path]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # PDF
 
+_IMG_SRC = re.compile(r'(<img\b[^>]*?\bsrc=")(assets/[^"]+\.svg)(")')
+
+
+def pdf_html(html: str, stage: Path) -> str:
+    """The HTML the PDF is laid out from: figures of this render as their PNG rasters instead of SVG.
+
+    Each figure of this render is written as SVG (what report.html shows) and as a PNG next to it; the PDF
+    embeds the PNG (WeasyPrint draws matplotlib's SVG glyph by glyph, which made PDF writing take minutes).
+    The rasters go in as data: URLs. WeasyPrint names an embedded bitmap by the md5 of its URL, and a file URL
+    would put the output directory into the PDF bytes; the data URL depends only on the image.
+    Images the HTML refers to that this render did not draw (written by the audit itself) stay as they are.
+    """
+
+    def swap(m: re.Match[str]) -> str:
+        png = stage / figures.raster_path(Path(m.group(2)))
+        if not png.is_file():
+            return m.group(0)
+        return m.group(1) + "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii") + m.group(3)
+
+    return _IMG_SRC.sub(swap, html)
+
 
 def _write_pdf(html: str, target: Path, out_dir: Path, stage: Path, attachment: bytes, result: AuditResult) -> None:
     # Imported here: WeasyPrint loads Pango at import, and nothing else in the package needs it.
@@ -975,7 +1111,7 @@ def summary_markdown(result: AuditResult) -> str:
 def render_report(results_path: Path, out_dir: Path) -> RenderedReport:
     """Render the report of ``results_path`` into ``out_dir``.
 
-    Writes ``assets/*.svg``, ``report.html``, ``report.pdf`` (PDF/A-3b with results.json and, when recorded,
+    Writes ``assets/*.svg`` (with a ``.png`` raster of each, which the PDF embeds), ``report.html``, ``report.pdf`` (PDF/A-3b with results.json and, when recorded,
     the policy YAML attached), ``junit.xml`` and ``summary.md``. Everything is produced in a staging folder first and moved into place
     only when all of it succeeded, so a failure never leaves a half-written report behind.
 
@@ -991,12 +1127,14 @@ def render_report(results_path: Path, out_dir: Path) -> RenderedReport:
     try:
         staged_assets = stage / "assets"
         staged_assets.mkdir()
-        sections = [build_section(i, c, result, staged_assets) for i, c in enumerate(result.checks)]
+        jobs: list[FigureJob] = []
+        sections = [build_section(i, c, result, staged_assets, jobs) for i, c in enumerate(result.checks)]
+        draw_figures(jobs)
         html = render_html(result, sections)
         # Figures written by the audit itself (e.g. image collages) already live in out_dir/assets.
         _check_assets(html, [stage, out_dir])
         (stage / "report.html").write_text(html, encoding="utf-8")
-        _write_pdf(html, stage / "report.pdf", out_dir, stage, raw, result)
+        _write_pdf(pdf_html(html, stage), stage / "report.pdf", out_dir, stage, raw, result)
         (stage / "junit.xml").write_bytes(junit_xml(result))
         (stage / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
 
