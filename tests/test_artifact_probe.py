@@ -2,20 +2,13 @@
 
 import numpy as np
 import pytest
+import tinynet
 import torch
 from PIL import Image
-from torch import nn
 
 from auditor import pipeline
 from auditor.methods.artifact import paste_pair, position
 from auditor.policy import ArtifactSpec, load_policy
-
-
-class CornerNet(nn.Module):
-    """logit 1 = brightness of the bottom-right 4x4 corner; logit 0 = brightness of the top-left corner."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x[:, :, :4, :4].mean(dim=(1, 2, 3)), x[:, :, -4:, -4:].mean(dim=(1, 2, 3))], dim=1)
 
 
 def test_pairs_differ_only_on_the_footprint():
@@ -42,7 +35,7 @@ def test_random_positions_are_seeded_and_inside():
 
 @pytest.fixture
 def corner_policy(tiny_world, tmp_path):
-    torch.jit.script(CornerNet()).save(str(tmp_path / "corner.pt"))
+    torch.jit.script(tinynet.CornerNet()).save(str(tmp_path / "corner.pt"))
     (tmp_path / "world").symlink_to(tiny_world.root / "world")
     glyph = np.full((4, 4, 4), 255, np.uint8)
     Image.fromarray(glyph, "RGBA").save(tmp_path / "white.png")

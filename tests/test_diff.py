@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tinynet
 import torch
 from PIL import Image
 
@@ -77,15 +78,10 @@ def test_diff_command(tmp_path):
     assert res.returncode == 2 and "missing.json" in res.stderr and "Traceback" not in res.stderr
 
 
-class CornerNet(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x[:, :, :4, :4].mean(dim=(1, 2, 3)), x[:, :, -4:, -4:].mean(dim=(1, 2, 3))], dim=1)
-
-
 @pytest.fixture
 def failing_policy(tiny_world, tmp_path):
     """A model whose class-b logit reads the bottom-right corner: the probe check (major) FAILs."""
-    torch.jit.script(CornerNet()).save(str(tmp_path / "corner.pt"))
+    torch.jit.script(tinynet.CornerNet()).save(str(tmp_path / "corner.pt"))
     (tmp_path / "world").symlink_to(tiny_world.root / "world")
     Image.fromarray(np.full((4, 4, 4), 255, np.uint8), "RGBA").save(tmp_path / "white.png")
     (tmp_path / "p.yaml").write_text(f"""models:

@@ -63,3 +63,11 @@ def eager_layer_grad(net: nn.Module, layer: str, x: np.ndarray, target: int) -> 
     finally:
         h.remove()
     return store["a"].detach().numpy(), store["a"].grad.numpy()
+
+
+class CornerNet(nn.Module):
+    """logit 0 = brightness of the top-left 4x4 corner; logit 1 = brightness of the bottom-right corner: a model
+    whose reliance on an artifact pasted in a corner is known exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, :, :4, :4].mean(dim=(1, 2, 3)), x[:, :, -4:, -4:].mean(dim=(1, 2, 3))], dim=1)
