@@ -95,6 +95,8 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
         ctx.log(f"tcav {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {n_runs} runs)")
         random_acts = [ctx.store.acts(model, layers, r) for r in randoms]
         concept_acts = {c: ctx.store.acts(model, layers, ctx.sets.concepts[c]) for c in check.concepts}
+        for k in check.classes:  # every layer of a class set in one forward pass; `sensitivities` then reads memory
+            ctx.store.acts(model, layers, class_sets[k])
         for layer in layers:
             feats_r = [features(np.asarray(a[layer]), check.space) for a in random_acts]
             null: list[Cav] = [
