@@ -174,12 +174,8 @@ def fmt_p(p: Any) -> str:
 
 def fmt_value(value: Any) -> str:
     """Any JSON value for a generic table cell."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
+    if value is None or isinstance(value, int):  # bool is an int: "yes"/"no"
+        return fmt_num(value)
     if isinstance(value, float):
         if value == 0.0 or 1e-3 <= abs(value) < 1e5:
             return f"{value:.3g}"
