@@ -1,17 +1,21 @@
 """Issue 3's stability and control runs on the demo: a measurement, not a test (it does not hold; see README).
 
-    .venv/bin/python benchmarks/stability.py demo-out      # after `make demo`; about 5 minutes on 2 cores
+    .venv/bin/python benchmarks/stability.py demo-out      # after `make demo`; about 7 minutes on 2 cores
 
 Stability: are the TCAV and SACV significance verdicts of the demo audit (demo-out/report/results.json: policy
 seed 0, sets of 50) the same when the audit is rerun with another seed on 200-image concept sets (and random sets
 of 200, from a world drawn with another seed; same models, same class images)?
 Control: with random images in place of the class images, is any concept significant?
+Then the same per-run scores under two other significance procedures, for the decision METHODS.md needs: a
+one-sample test against 0.5 (the random-vs-random null's mean is 0.5 by symmetry) and the concept's mean score
+ranked among the random-vs-random runs (the concept runs share one concept set: one draw, not N).
 Last line: `stability: verdicts_equal=<true|false> changed=<n> of <n> control_significant=<n> of <n>`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import sys
@@ -22,6 +26,7 @@ import yaml
 from PIL import Image
 
 from auditor import pipeline
+from auditor.methods import sacv, stats, tcav
 from auditor.demo.world import render_sample, write_world
 from auditor.policy import load_policy
 
@@ -29,11 +34,20 @@ SET_SIZE = 200
 RUNS = 10
 
 
+def _key(c: dict, f: dict) -> tuple:
+    return (c["method"], f["model"], f["layer"], f["class"], f["concept"])
+
+
 def _verdicts(checks: list) -> dict:
-    return {
-        (c["method"], f["model"], f["layer"], f["class"], f["concept"]): (f["learned"], f["significant"])
-        for c in checks if c["method"] in ("tcav", "sacv") for f in c["findings"]
-    }
+    return {_key(c, f): (f["learned"], f["significant"]) for c in checks if c["method"] in ("tcav", "sacv")
+            for f in c["findings"]}
+
+
+def _numbers(checks: list) -> dict:
+    """What each verdict rests on, printed beside every changed or control-significant cell."""
+    return {_key(c, f): f"score {f['score']:.3f}+-{f['score_std']:.3f} random {f['random_score_mean']:.3f}"
+                        f"+-{f['random_score_std']:.3f} p {f['p_value']:.2g} p_adj {f['p_adjusted']:.2g}"
+            for c in checks if c["method"] in ("tcav", "sacv") for f in c["findings"] if f["learned"]}
 
 
 def _policy(demo_out: Path, world: Path, seed: int, set_size: int, field: Path, field_masks: Path) -> dict:
@@ -56,20 +70,84 @@ def _policy(demo_out: Path, world: Path, seed: int, set_size: int, field: Path, 
     return policy
 
 
-def _audit(policy: dict, path: Path, cache: Path) -> list:
-    path.write_text(yaml.safe_dump(policy))
-    result = pipeline.run_audit(load_policy(path), cache, lambda _m: None).result
-    return [json.loads(json.dumps({"method": c.method, "findings": c.findings})) for c in result.checks]
+@dataclass(frozen=True)
+class Audit:
+    checks: list  # [{"method", "findings"}] as in results.json
+    runs: dict  # key -> (concept scores per run, random-vs-random scores per run) of every learned cell
 
 
-def stability(demo_out: Path, world: Path, tmp: Path) -> tuple[dict, dict]:
-    """(verdicts of the demo audit, verdicts of the rerun with seed 1 and sets of 200)."""
-    base = _verdicts(json.loads((demo_out / "report" / "results.json").read_text())["checks"])
-    policy = _policy(demo_out, world, 1, SET_SIZE, demo_out / "world" / "field", demo_out / "world" / "field_masks")
-    return base, _verdicts(_audit(policy, tmp / "p.yaml", tmp / "cache"))
+def _audit(policy: dict, path: Path, cache: Path) -> Audit:
+    """Run the audit; the methods' per-run scores are captured on the way (results.json keeps only means)."""
+    runs: dict = {}
+
+    def capture(module, method: str):
+        original = module.findings
+
+        def findings(cells, *a, **k):
+            for c in cells:
+                if c.learned:
+                    runs[(method, c.model, c.layer, c.cls, c.concept)] = (c.scores, c.random_scores)
+            return original(cells, *a, **k)
+
+        return original, findings
+
+    originals = {}
+    for module, method in ((tcav, "tcav"), (sacv, "sacv")):
+        originals[module], module.findings = capture(module, method)
+    try:
+        path.write_text(yaml.safe_dump(policy))
+        result = pipeline.run_audit(load_policy(path), cache, lambda _m: None).result
+    finally:
+        for module, f in originals.items():
+            module.findings = f
+    checks = [json.loads(json.dumps({"method": c.method, "findings": c.findings})) for c in result.checks]
+    return Audit(checks, runs)
 
 
-def control(demo_out: Path, tmp: Path) -> dict:
+# Significance procedures compared on the same per-run scores; each is Holm-corrected over a method's cells
+# (one TCAV and one SACV check here, so that is the audit's family for both).
+def _p_welch(scores: np.ndarray, null: np.ndarray) -> float:
+    """METHODS.md: two-sided Welch t-test of the concept runs against the random-vs-random runs."""
+    return stats.welch_t(scores, null).p_value
+
+
+def _p_half(scores: np.ndarray, null: np.ndarray) -> float:
+    """One-sample t-test against 0.5: a random-vs-random CAV's direction is as likely as its negative (swap the
+    two sets), so the null's mean is 0.5 by symmetry instead of being estimated from N near-0/1 draws."""
+    return stats.one_sample_t(scores, 0.5).p_value
+
+
+def _p_rank(scores: np.ndarray, null: np.ndarray) -> float:
+    """The concept's mean score as one draw among random directions: the share of random-vs-random runs at
+    least as far from 0.5, (1 + count) / (N + 1). The concept runs share one concept set, so they are not N
+    independent samples of the concept; this counts the concept once. Smallest possible p: 1 / (N + 1)."""
+    d = abs(float(np.mean(scores)) - 0.5)
+    return (1 + int(np.sum(np.abs(null - 0.5) >= d - 1e-12))) / (len(null) + 1)
+
+
+PROCEDURES = {"welch (METHODS.md)": _p_welch, "one-sample vs 0.5": _p_half, "rank among random": _p_rank}
+
+
+def _significant(audit: Audit, p_of, alpha: float = 0.05) -> dict:
+    out = {}
+    for method in ("tcav", "sacv"):
+        keys = sorted(k for k in audit.runs if k[0] == method)
+        if keys:
+            adjusted = stats.holm(np.array([p_of(*audit.runs[k]) for k in keys]))
+            out.update({k: bool(p <= alpha) for k, p in zip(keys, adjusted)})
+    return out
+
+
+def stability(demo_out: Path, world: Path, tmp: Path) -> tuple[Audit, Audit]:
+    """(the demo audit's TCAV and SACV checks rerun as they are: policy seed 0, sets of 50; the same with seed 1
+    and sets of 200 from a world drawn with another seed)."""
+    field, field_masks = demo_out / "world" / "field", demo_out / "world" / "field_masks"
+    base = _audit(_policy(demo_out, demo_out / "world", 0, 50, field, field_masks), tmp / "base.yaml", tmp / "c0")
+    again = _audit(_policy(demo_out, world, 1, SET_SIZE, field, field_masks), tmp / "p.yaml", tmp / "c1")
+    return base, again
+
+
+def control(demo_out: Path, tmp: Path) -> Audit:
     """Verdicts with 60 random images (drawn like the random pool: 10% carry the watermark) as the class images."""
     rng = np.random.default_rng(12345)
     images, masks = tmp / "control" / "triangle", tmp / "control_masks" / "triangle"
@@ -83,7 +161,7 @@ def control(demo_out: Path, tmp: Path) -> dict:
     policy["data"]["classes"]["folder"] = str(images.parent)
     for c in policy["checks"]:
         c["classes"] = ["triangle"]
-    return _verdicts(_audit(policy, tmp / "control.yaml", tmp / "cache-control"))
+    return _audit(policy, tmp / "control.yaml", tmp / "cache-control")
 
 
 def main(demo_out: Path) -> None:
@@ -91,14 +169,31 @@ def main(demo_out: Path) -> None:
         tmp = Path(d)
         world = tmp / "world200"
         write_world(world, seed=1, per_class=1, concept_size=SET_SIZE, random_pool=(RUNS + 1) * SET_SIZE + 50, probe=1)
-        base, again = stability(demo_out, world, tmp)
-        changed = {k: (base[k], again.get(k)) for k in base if base[k] != again.get(k)}
-        for k, (was, now) in sorted(changed.items()):
-            print(f"changed {k}: (learned, significant) {was} -> {now}")
-        ctrl = control(demo_out, tmp)
-        significant = sorted(k for k, v in ctrl.items() if v[1])
-        for k in significant:
-            print(f"control significant {k}")
+        base_audit, again_audit = stability(demo_out, world, tmp)
+        ctrl_audit = control(demo_out, tmp)
+    demo = _verdicts(json.loads((demo_out / "report" / "results.json").read_text())["checks"])
+    base, again, ctrl = (_verdicts(a.checks) for a in (base_audit, again_audit, ctrl_audit))
+    # The rerun at seed 0 must reproduce the demo audit's verdicts (the audit is deterministic).
+    print(f"seed-0 rerun reproduces the demo audit's verdicts: {str(base == demo).lower()}")
+    was_n, now_n, ctrl_n = (_numbers(a.checks) for a in (base_audit, again_audit, ctrl_audit))
+    changed = {k: (base[k], again.get(k)) for k in base if base[k] != again.get(k)}
+    for k, (was, now) in sorted(changed.items()):
+        print(f"changed {k}: (learned, significant) {was} -> {now}\n  was {was_n.get(k)}\n  now {now_n.get(k)}")
+    significant = sorted(k for k, v in ctrl.items() if v[1])
+    print("control, every learned cell:")
+    for k in sorted(ctrl_n):
+        print(f"  {'SIGNIFICANT ' if ctrl[k][1] else ''}{k}: {ctrl_n[k]}")
+    # The same runs under other significance procedures (learned cells; 'learned' does not depend on the test).
+    print()
+    print(f"{'procedure':<22}{'changed':>9}{'control sig.':>14}  significant at seed 0 / seed 1 (of learned cells)")
+    for name, p_of in PROCEDURES.items():
+        s0, s1, sc = (_significant(a, p_of) for a in (base_audit, again_audit, ctrl_audit))
+        moved = sum(s0[k] != s1.get(k) for k in s0)
+        print(f"{name:<22}{moved:>6} of {len(s0):<3}{sum(sc.values()):>5} of {len(sc):<6}"
+              f"{sum(s0.values())} / {sum(s1.values())}")
+        for k in sorted(s0):
+            if s0[k] or s1.get(k):
+                print(f"    {'=' if s0[k] == s1.get(k) else '!'} {k}: {s0[k]} -> {s1.get(k)}")
     print(f"stability: verdicts_equal={str(not changed).lower()} changed={len(changed)} of {len(base)} "
           f"control_significant={len(significant)} of {len(ctrl)}")
 

@@ -168,3 +168,42 @@ def test_layer_grads_unknown_layer_is_a_user_error(tmp_path):
     for model in _both_adapters(tmp_path, tinynet.tiny):
         with pytest.raises(UserError, match="features.9"):
             model.layer_grads(np.zeros((1, *SHAPE), np.float32), ["features.1", "features.9"], 0)
+
+
+class _ViewNet(torch.nn.Module):
+    """Written for the default strides: `view` of a conv output fails on a channels-last tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_conv_nets_run_channels_last_with_the_default_layouts_numbers(tmp_path):
+    x = np.random.default_rng(0).normal(size=(5, *SHAPE)).astype(np.float32)
+    acts_ref, grad_ref = tinynet.eager_layer_grad(tinynet.tiny(0), "features.1", x, target=1)
+    path = tmp_path / "m.pt"
+    torch.jit.script(tinynet.tiny(0)).save(str(path))
+    for model in (ModuleModel(tinynet.tiny(0), "m", "0", "torch", SHAPE), load_model(path, "auto", SHAPE)):
+        assert model._layout == torch.channels_last
+        acts, grads = model.layer_acts_and_grads(x, ["features.1"], 1)
+        # Arrays come back in (n, C, H, W) order whatever the layout the network ran in.
+        assert acts["features.1"].flags.c_contiguous and grads["features.1"].flags.c_contiguous
+        assert np.allclose(acts["features.1"], acts_ref, atol=1e-5)
+        assert np.allclose(grads["features.1"], grad_ref, atol=1e-6)
+        assert model.activations(x, ["features.1"])["features.1"].flags.c_contiguous
+
+
+def test_a_net_written_for_the_default_strides_keeps_them():
+    net = _ViewNet().eval()
+    x = np.random.default_rng(0).normal(size=(3, *SHAPE)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    model = ModuleModel(net, "v", "0", "torch", SHAPE)
+    assert model._layout == torch.contiguous_format
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert np.allclose(model.predict(x), expected, atol=1e-6)
+    assert model.activations(x, ["conv"])["conv"].shape == (3, 4, 16, 16)

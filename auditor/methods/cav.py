@@ -32,25 +32,29 @@ def train_cav(concept: np.ndarray, random: np.ndarray, learner: str, seed: int) 
     Both sets are cut to the smaller size; a stratified, seeded 2/3 : 1/3 split gives the held-out accuracy.
     """
     n = min(len(concept), len(random))
-    x = np.concatenate([concept[:n], random[:n]]).astype(np.float64)
     y = np.concatenate([np.ones(n, int), np.zeros(n, int)])
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1 / 3, stratify=y, random_state=seed)
-    return fit_cav(x_tr, y_tr, x_te, y_te, learner, seed)
+    # Split row numbers, not rows (the same split: it depends on the labels and the seed only), so that
+    # flattened conv activations (10^5 features a row) are copied once, as float32, into the two parts.
+    tr, te = train_test_split(np.arange(2 * n), test_size=1 / 3, stratify=y, random_state=seed)
+    x = np.concatenate([concept[:n], random[:n]])
+    return fit_cav(x[tr], y[tr], x[te], y[te], learner, seed)
 
 
 def fit_cav(
     x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, learner: str, seed: int
 ) -> Cav:
-    """Fit a CAV on a given split (label 1 = concept); the accuracy is measured on (x_te, y_te)."""
-    x_tr = np.asarray(x_tr, np.float64)
-    x_te = np.asarray(x_te, np.float64)
+    """Fit a CAV on a given split (label 1 = concept); the accuracy is measured on (x_te, y_te).
+
+    Arithmetic is float64 whatever the input's type (the mean learner accumulates in float64 without a float64
+    copy of its input: the same numbers)."""
     if learner == "mean":
         # FastCAV: the difference of class means; classify by the side of the midpoint.
-        mu1, mu0 = x_tr[y_tr == 1].mean(0), x_tr[y_tr == 0].mean(0)
+        mu1, mu0 = x_tr[y_tr == 1].mean(0, dtype=np.float64), x_tr[y_tr == 0].mean(0, dtype=np.float64)
         v = mu1 - mu0
         offset = -float(v @ (mu1 + mu0) / 2)
         pred = ((x_te - (mu1 + mu0) / 2) @ v > 0).astype(int)
     elif learner == "logistic":
+        x_tr, x_te = np.asarray(x_tr, np.float64), np.asarray(x_te, np.float64)
         # L2 logistic regression on standardised features; the direction in activation space is w / sigma
         # (the gradient of the decision function w.r.t. the raw activations).
         mu, sigma = x_tr.mean(0), x_tr.std(0)
@@ -62,6 +66,7 @@ def fit_cav(
         v, offset = _toward_concept(v, offset, clf.classes_)
     elif learner == "sgd":
         # The reference implementation's settings.
+        x_tr, x_te = np.asarray(x_tr, np.float64), np.asarray(x_te, np.float64)
         clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed).fit(x_tr, y_tr)
         v, offset = _toward_concept(clf.coef_[0], float(clf.intercept_[0]), clf.classes_)
         pred = clf.predict(x_te)

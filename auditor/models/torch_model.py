@@ -78,8 +78,54 @@ def _grads_at(logits: torch.Tensor, target: int, values: Sequence[torch.Tensor])
 
 
 def _joined(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-batch arrays -> one float32 array per layer; a single batch (the usual image set) is not copied."""
-    return {n: (v[0] if len(v) == 1 else np.concatenate(v)).astype(np.float32, copy=False) for n, v in parts.items()}
+    """Per-batch arrays -> one C-ordered float32 array per layer; a single C-ordered batch (the usual image set)
+    is not copied, a channels-last one is copied once into (n, C, H, W) order."""
+    return {
+        n: np.ascontiguousarray(v[0] if len(v) == 1 else np.concatenate(v), dtype=np.float32)
+        for n, v in parts.items()
+    }
+
+
+def _owned(t: torch.Tensor) -> np.ndarray:
+    """A C-ordered float32 copy of a tensor (the network may change the tensor in place later)."""
+    return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
+
+
+# Probe input for the layout choice: a fixed pattern, so the choice is the same on every run.
+_PROBE_SEED = 0
+
+
+def _as_input(x: np.ndarray, layout: torch.memory_format) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).contiguous(memory_format=layout)
+
+
+def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory_format:
+    """channels_last for conv nets when it gives the same logits, else the default layout.
+
+    oneDNN's convolutions run faster on channels-last tensors on CPU (a ResNet-18 forward pass on one core: 1.6 s
+    instead of 2.2 s for 50 images at 224 px). Models whose code assumes the default strides (`x.view(n, -1)`
+    after a conv) fail or differ under it: a probe pass in both layouts decides, and the module is converted
+    back when they disagree. Results differ from the default layout by float rounding only (about 1e-7)."""
+    # (a TorchScript submodule is a RecursiveScriptModule that keeps its class name in `original_name`)
+    convs = any(isinstance(m, nn.Conv2d) or getattr(m, "original_name", "") == "Conv2d" for m in module.modules())
+    if len(input_shape) != 3 or not convs:
+        return torch.contiguous_format
+    x = torch.from_numpy(np.random.default_rng(_PROBE_SEED).random((2, *input_shape), dtype=np.float32))
+    try:
+        with torch.no_grad():
+            plain = module(x)
+            module.to(memory_format=torch.channels_last)
+            fast = module(x.contiguous(memory_format=torch.channels_last))
+        same = (
+            isinstance(plain, torch.Tensor) and isinstance(fast, torch.Tensor) and plain.shape == fast.shape
+            and bool(torch.allclose(plain, fast, rtol=1e-4, atol=1e-5 * (1.0 + float(plain.abs().max()))))
+        )
+    except Exception:  # any failure under the other layout means: keep the layout the model was written for
+        same = False
+    if not same:
+        module.to(memory_format=torch.contiguous_format)
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 # ----------------------------------------------------------------------------------------------- eager modules
@@ -111,13 +157,13 @@ class AutogradHead:
         return _contract(self.grad(acts, x, target), directions)
 
 
-def _module_head(module: nn.Module, layer: str) -> AutogradHead:
+def _module_head(module: nn.Module, layer: str, layout: torch.memory_format) -> AutogradHead:
     target = dict(module.named_modules())[layer]
 
     def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         handle = target.register_forward_hook(lambda _m, _i, _o: acts)
         try:
-            return module(x)
+            return module(x.contiguous(memory_format=layout))
         finally:
             handle.remove()
 
@@ -138,6 +184,7 @@ class ModuleModel:
         self.framework = framework
         self.input_shape = tuple(input_shape)
         self._layers: list[LayerInfo] | None = None
+        self._layout = _layout_for(self._module, self.input_shape)
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
@@ -156,7 +203,7 @@ class ModuleModel:
         def record(name: str) -> Callable:
             def hook(_m: nn.Module, _i: object, out: object) -> None:
                 if isinstance(out, torch.Tensor):
-                    store.setdefault(name, []).append(out.detach().numpy().astype(np.float32, copy=True))
+                    store.setdefault(name, []).append(_owned(out))
 
             return hook
 
@@ -172,13 +219,13 @@ class ModuleModel:
         store: dict[str, list[np.ndarray]] = {}
         with torch.no_grad(), self._hooks(names, store):
             for s in _batches(len(x)):
-                self._module(torch.from_numpy(x[s]))
+                self._module(_as_input(x[s], self._layout))
         return _joined(store)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return np.concatenate(
-                [self._module(torch.from_numpy(x[s])).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
             ).astype(np.float32)
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
@@ -192,7 +239,7 @@ class ModuleModel:
         known = [li.name for li in self.layers()]
         if layer not in known:
             raise _unknown_layer(layer, known, self.name)
-        return _module_head(self._module, layer)
+        return _module_head(self._module, layer, self._layout)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -232,7 +279,7 @@ class ModuleModel:
             for s in _batches(len(x)):
                 seen.clear()
                 with torch.enable_grad():
-                    logits = self._module(torch.from_numpy(np.ascontiguousarray(x[s], dtype=np.float32)))
+                    logits = self._module(_as_input(x[s], self._layout))
                 missing = [n for n in names if n not in seen]
                 if missing:
                     raise RuntimeError(f"{self.name}: layers {missing} produced no tensor in the forward pass")
@@ -273,7 +320,7 @@ def _layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
     return values
 
 
-def _script_head(module: torch.jit.ScriptModule, layer: str) -> AutogradHead:
+def _script_head(module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format) -> AutogradHead:
     graph = module.inlined_graph.copy()
     value = _layer_values(graph)[layer]
     acts_in = graph.addInput("acts")
@@ -282,7 +329,7 @@ def _script_head(module: torch.jit.ScriptModule, layer: str) -> AutogradHead:
     # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
     torch._C._jit_pass_dce(graph)
     fn = torch._C._create_function_from_graph("auditor_head", graph)
-    return AutogradHead(lambda acts, x: fn(module._c, x, acts))
+    return AutogradHead(lambda acts, x: fn(module._c, x.contiguous(memory_format=layout), acts))
 
 
 class ScriptModel:
@@ -301,6 +348,7 @@ class ScriptModel:
         self._kinds = {
             n: m.original_name for n, m in self._module.named_modules() if n
         }
+        self._layout = _layout_for(self._module, self.input_shape)
 
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
@@ -317,7 +365,7 @@ class ScriptModel:
         logits, acts = [], {n: [] for n in layers}
         with torch.no_grad():
             for s in _batches(len(x)):
-                out = fn(self._module._c, torch.from_numpy(x[s]))
+                out = fn(self._module._c, _as_input(x[s], self._layout))
                 logits.append(out[0].numpy())
                 for n, a in zip(layers, out[1:]):
                     acts[n].append(a.numpy())
@@ -334,7 +382,7 @@ class ScriptModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return np.concatenate(
-                [self._module(torch.from_numpy(x[s])).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
             ).astype(np.float32)
 
     def _check(self, layer: str) -> None:
@@ -349,7 +397,7 @@ class ScriptModel:
 
     def head(self, layer: str) -> AutogradHead:
         self._check(layer)
-        return _script_head(self._module, layer)
+        return _script_head(self._module, layer, self._layout)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -372,7 +420,7 @@ class ScriptModel:
         with torch.jit.optimized_execution(False), torch.enable_grad():
             for s in _batches(len(x)):
                 # Frozen parameters: the input is what makes autograd record the pass.
-                xb = torch.from_numpy(np.ascontiguousarray(x[s], dtype=np.float32)).requires_grad_(True)
+                xb = _as_input(x[s], self._layout).requires_grad_(True)
                 res = fn(self._module._c, xb)
                 for n, v, g in zip(names, res[1:], _grads_at(res[0], target, list(res[1:]))):
                     acts[n].append(v.detach().numpy())
