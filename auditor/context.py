@@ -20,6 +20,7 @@ class ImageSets:
     concepts: dict[str, data.ImageSet]
     random_pool: data.ImageSet | None
     masks: dict[str, tuple] | None = None  # class -> mask paths aligned with the class set, where given
+    own: tuple[data.ImageSet, ...] = ()  # files single checks read (their own folders, masks, artifact): provenance
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,18 @@ def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise UserError(f"{path}: not a readable image ({type(e).__name__}: {detail})") from e
 
 
+def unreadable(paths: Sequence[Path]) -> list[str]:
+    """One line per file PIL cannot decode (checked before anything runs: a user's broken file is exit 2)."""
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception as e:  # PIL raises many types for broken files; each is the user's file
+            out.append(f"{p}: not a readable image ({type(e).__name__})")
+    return out
+
+
 def normalise(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, H, W) float32, scaled to [0, 1], channel order and mean/std applied."""
     arr = rgb.astype(np.float32) / 255.0

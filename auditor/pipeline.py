@@ -73,17 +73,6 @@ def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str])
             check(f"checks[{i}].layers.{role}", role, names)
 
 
-def _verify_images(images: data.ImageSet, problems: list[str]) -> None:
-    from PIL import Image
-
-    for p in images.paths:
-        try:
-            with Image.open(p) as im:
-                im.load()
-        except Exception as e:  # PIL raises many types for broken files; each is the user's file
-            problems.append(f"{p}: not a readable image ({type(e).__name__})")
-
-
 # Methods that read the class folders of the checks' `classes`, and the concept folders of their `concepts`.
 CLASS_SET_METHODS = ("tcav", "sacv", "rsvc")
 CONCEPT_METHODS = ("tcav", "sacv")
@@ -114,7 +103,7 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
         except UserError as e:
             problems.append(f"{where}: {e}")
             return None
-        _verify_images(s, problems)
+        problems.extend(data.unreadable(s.paths))
         return s
 
     root = policy.resolve(d.classes.folder)
@@ -124,21 +113,26 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
         croot = policy.resolve(d.concepts.folder)
         concepts = {k: folder(f"data.concepts ({k})", croot / k, f"concept:{k}") for k in needed_concepts}
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
+    own: list[data.ImageSet] = []
     for i, c in enumerate(policy.checks):
         if c.method in PASTING_METHODS and c.artifact is not None:
-            if not policy.resolve(c.artifact.image).is_file():
-                problems.append(f"checks[{i}].artifact.image: file not found: {policy.resolve(c.artifact.image)}")
-            own = c.images if c.method == "artifact_probe" else c.artifact_images
-            if own is not None:
+            artifact = policy.resolve(c.artifact.image)
+            if not artifact.is_file():
+                problems.append(f"checks[{i}].artifact.image: file not found: {artifact}")
+            else:
+                own.append(data.image_set(f"{c.id}:artifact", [artifact], pre))
+            images = c.images if c.method == "artifact_probe" else c.artifact_images
+            if images is not None:
                 key = "images" if c.method == "artifact_probe" else "artifact_images"
-                folder(f"checks[{i}].{key}", policy.resolve(own.folder), f"probe-images:{c.id}")
+                own.append(folder(f"checks[{i}].{key}", policy.resolve(images.folder), f"probe-images:{c.id}"))
         validate = VALIDATORS.get(c.method)
         if validate is not None:  # files only this method reads (e.g. INVERT's labels.csv)
-            validate(c, policy, pre, f"checks[{i}]", problems)
+            own.extend(validate(c, policy, pre, f"checks[{i}]", problems))
     return ImageSets(
         classes={k: v for k, v in classes.items() if v is not None},
         concepts={k: v for k, v in concepts.items() if v is not None},
         random_pool=pool,
+        own=tuple(s for s in own if s is not None),
     )
 
 
@@ -179,6 +173,7 @@ def provenance(ctx: Context, command: str) -> Provenance:
     sets = list(ctx.sets.classes.values()) + list(ctx.sets.concepts.values())
     if ctx.sets.random_pool is not None:
         sets.append(ctx.sets.random_pool)
+    sets.extend(ctx.sets.own)
     return Provenance(
         tool_version=__version__,
         created=created_timestamp(),

@@ -368,6 +368,9 @@ def test_evidence_and_results_json_round_trip(glyph_audit, tmp_path):
     results.write(glyph_audit, path)  # allow_nan=False, plain values only
     again = results.read(path)
     assert again.checks[0].findings == json.loads(json.dumps(check.findings))
+    # The labels file and the probe images it lists are in the provenance table.
+    sets = {i.name: i.count for i in again.provenance.image_sets}
+    assert sets[f"{check.id}:labels"] == 1 and sets[f"{check.id}:probe"] >= 60
 
 
 def test_report_renders_the_invert_section(glyph_audit, tmp_path):

@@ -5,6 +5,7 @@ and against a copy with permuted channels), policy errors, the report section; t
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -335,6 +336,13 @@ def test_the_image_folder_is_checked_before_anything_runs(tiny_world, tmp_path):
     policy = _tiny_policy(tiny_world, tmp_path, tiny_world.script, extra=f"    images: {{folder: {tmp_path / 'imgs'}}}\n")
     with pytest.raises(PolicyError, match=r"checks\[0\]\.images: image folder not found: .*imgs/a"):
         pipeline.prepare(load_policy(policy), tmp_path / "cache", lambda _m: None)
+    # A broken file in any class folder the pool reads (here b, not a checked class) is named, not crashed on.
+    shutil.copytree(tiny_world.root / "world" / "classes", tmp_path / "imgs", dirs_exist_ok=True)
+    broken = sorted((tmp_path / "imgs" / "b").glob("*.png"))[0]
+    broken.write_bytes(b"\x89PNG broken")
+    with pytest.raises(PolicyError) as e:
+        pipeline.prepare(load_policy(policy), tmp_path / "cache", lambda _m: None)
+    assert e.value.problems == [f"checks[0].images: {broken}: not a readable image (UnidentifiedImageError)"]
     bad = _tiny_policy(tiny_world, tmp_path, tiny_world.script, require="    require:\n      - {model: reference}\n")
     with pytest.raises(PolicyError, match=r"max_unique_important"):
         load_policy(bad)

@@ -194,6 +194,9 @@ def test_sacv_audit_torchscript_and_onnx_agree(tiny_world, half_masks, tmp_path:
         if grid.sum() > 0 and f["inside_mask_share"] is not None:
             assert f["inside_mask_share"] == pytest.approx(grid[:, : grid.shape[1] // 2].sum() / grid.sum(), abs=2e-3)
         assert len(m["overlays"]) == 2
+    # The masks only this check reads are in the provenance table, with their fingerprint.
+    sets = {i["name"]: i for i in result["provenance"]["image_sets"]}
+    assert sets["sacv-red:masks:a"]["count"] == 16 and len(sets["sacv-red:masks:a"]["fingerprint"]) == 64
     html = (out / "report.html").read_text()
     assert "Where in the image does the concept" in html and "sacv-maps-0.png" in html
     assert (out / "assets").is_dir() and any(p.name.endswith("sacv-maps-0.png") for p in (out / "assets").iterdir())
@@ -209,3 +212,19 @@ def test_missing_masks_are_one_line_each(tiny_world, half_masks, tmp_path: Path)
         prepare(policy, tmp_path / "cache", lambda _m: None)
     lines = [p for p in e.value.problems if "masks" in p]
     assert len(lines) == 1 and lines[0].startswith("checks[1].masks: 1 of 16 images of class 'a' have no mask")
+
+
+def test_broken_files_in_the_checks_own_folders_are_named_before_anything_runs(tiny_world, half_masks, tmp_path):
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    shutil.copytree(half_masks, masks)
+    shutil.copytree(tiny_world.root / "world" / "classes", images)
+    broken_mask = sorted((masks / "a").glob("*.png"))[0]
+    broken_mask.write_bytes(b"\x89PNG not a mask")
+    broken_image = sorted((images / "a").glob("*.png"))[1]
+    broken_image.write_bytes(b"\x89PNG not an image")
+    text = _policy(tiny_world, masks, {"candidate": str(tiny_world.script)}, {"candidate": ["features.1"]})
+    text = text.replace("    masks: {folder:", f"    images: {{folder: {images}}}\n    masks: {{folder:")
+    with pytest.raises(PolicyError) as e:
+        prepare(parse_policy(text, "p.yaml", tiny_world.root), tmp_path / "cache", lambda _m: None)
+    assert f"checks[1].masks: {broken_mask}: not a readable image (UnidentifiedImageError)" in e.value.problems
+    assert f"checks[1].images: {broken_image}: not a readable image (UnidentifiedImageError)" in e.value.problems

@@ -2,7 +2,7 @@
 
 VALIDATORS: for methods that read files of their own (beyond the class, concept and random folders),
 `validate(check, policy, pre, where, problems)` appends one line per problem during `prepare`, before any
-computation starts.
+computation starts, and returns the image sets it read (named after the check), for the provenance table.
 """
 
 from auditor.methods import artifact, invert, rsvc, sacv, tcav

@@ -53,13 +53,16 @@ REDUCE_CHUNK = 256
 # Validation during `prepare` (VALIDATORS["invert"])
 
 
-def validate(check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]) -> None:
-    """Append one line per problem of the check's labels CSV, its forbidden concepts and the images it names."""
+def validate(
+    check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+) -> list[data.ImageSet]:
+    """Append one line per problem of the check's labels CSV, its forbidden concepts and the images it names.
+    Returns the labels file and the probe images, for the provenance table."""
     path = policy.resolve(check.labels)
     labels, found = read_labels(path)
     problems.extend(f"{where}.labels: {p}" for p in summarise(found))
     if labels is None:
-        return
+        return []
     for j, concept in enumerate(check.forbidden):
         if concept not in labels.concepts:
             problems.append(
@@ -87,6 +90,9 @@ def validate(check: InvertCheck, policy: Policy, pre: data.Preprocessing, where:
                 f"{where}.labels: {path}: row {row}: {image} is not a readable image ({type(e).__name__})"
             )
     problems.extend(summarise(unreadable))
+    if found or unreadable:
+        return []
+    return [data.image_set(f"{check.id}:labels", [path], pre), data.image_set(f"{check.id}:probe", labels.images, pre)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

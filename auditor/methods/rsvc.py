@@ -73,24 +73,36 @@ def _images_root(check: RsvcCheck, policy: Policy) -> Path:
     return policy.resolve(check.images.folder if check.images is not None else policy.data.classes.folder)
 
 
-def validate(check: RsvcCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]) -> None:
-    """Before anything runs: two distinct-role models, and the image folder with a subfolder per checked class."""
+def validate(
+    check: RsvcCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+) -> list[data.ImageSet]:
+    """Before anything runs: two distinct-role models, and the image folder with a subfolder per checked class.
+    Returns the class folders of its own image folder (every one the pool reads), for the provenance table."""
     roles = check.models or list(policy.models)
     if len(roles) != 2:
         problems.append(f"{where}.models: rsvc compares exactly two models, got {len(roles)} ({', '.join(roles)})")
     elif roles[0] == roles[1]:
         problems.append(f"{where}.models: the two models must be different roles (got {roles[0]!r} twice)")
     if check.images is None:
-        return  # data.classes is checked by the pipeline
+        return []  # data.classes is checked by the pipeline
     root = _images_root(check, policy)
     if not root.is_dir():
         problems.append(f"{where}.images.folder: folder not found: {root}")
-        return
+        return []
     for cls in check.classes:
         try:
             data.folder_set(f"rsvc:{cls}", root / cls, pre)
         except UserError as e:
             problems.append(f"{where}.images: {e}")
+    # Every class folder the pool reads (not only the checked classes) must decode.
+    own = []
+    for k in policy.data.classes.names:
+        paths = data.list_images(root / k) if (root / k).is_dir() else []
+        broken = data.unreadable(paths)
+        problems.extend(f"{where}.images: {line}" for line in broken)
+        if paths and not broken:
+            own.append(data.image_set(f"{check.id}:class:{k}", paths, pre))
+    return own
 
 
 @dataclass(frozen=True)

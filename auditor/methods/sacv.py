@@ -247,10 +247,28 @@ def _mask_paths(root: Path, sub: str, images: data.ImageSet) -> list[Path]:
     return [root / sub / p.name for p in images.paths]
 
 
-def validate(check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]) -> None:
-    """The check's own class folder and masks exist, and every class image has its mask."""
+def _masks_of(images: data.ImageSet, root: Path, sub: str, what: str, key: str, name: str,
+              pre: data.Preprocessing, problems: list[str]) -> data.ImageSet | None:
+    """The masks of `images` under root/sub: missing ones counted in one line, broken ones named."""
+    paths = _mask_paths(root, sub, images)
+    found = [p for p in paths if p.is_file()]
+    if len(found) < len(paths):
+        missing = next(p for p in paths if not p.is_file())
+        problems.append(f"{key}: {len(paths) - len(found)} of {len(paths)} images of {what} have no mask "
+                        f"(first: {missing})")
+    broken = data.unreadable(found)
+    problems.extend(f"{key}: {line}" for line in broken)
+    return data.image_set(name, found, pre) if found and not broken else None
+
+
+def validate(
+    check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+) -> list[data.ImageSet]:
+    """The check's own class folder and masks exist and decode, and every class image has its mask. Returns the
+    sets only this check reads (its own images, masks and concept masks), for the provenance table."""
     root = _classes_root(check, policy)
     masks = _masks_root(check, policy)
+    own: list[data.ImageSet | None] = []
     if check.concept_masks is not None and policy.data.concepts is not None:
         croot = policy.resolve(policy.data.concepts.folder)
         mroot = policy.resolve(check.concept_masks.folder)
@@ -259,26 +277,21 @@ def validate(check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: s
                 images = data.folder_set(f"concept:{c}", croot / c, pre)
             except UserError:
                 continue  # the concept folder itself is checked by the pipeline
-            missing = [p for p in _mask_paths(mroot, c, images) if not p.is_file()]
-            if missing:
-                problems.append(
-                    f"{where}.concept_masks: {len(missing)} of {len(images)} images of concept {c!r} have no mask "
-                    f"(first: {missing[0]})"
-                )
+            own.append(_masks_of(images, mroot, c, f"concept {c!r}", f"{where}.concept_masks",
+                                 f"{check.id}:concept-masks:{c}", pre, problems))
     for cls in check.classes:
         try:
-            images = data.folder_set(f"sacv:{cls}", root / cls, pre)
+            images = data.folder_set(f"{check.id}:class:{cls}", root / cls, pre)
         except UserError as e:
             problems.append(f"{where}.images: {e}")
             continue
-        if masks is None:
-            continue
-        missing = [p for p in _mask_paths(masks, cls, images) if not p.is_file()]
-        if missing:
-            problems.append(
-                f"{where}.masks: {len(missing)} of {len(images)} images of class {cls!r} have no mask "
-                f"(first: {missing[0]})"
-            )
+        if check.images is not None:  # (data.classes folders are decoded by the pipeline)
+            problems.extend(f"{where}.images: {line}" for line in data.unreadable(images.paths))
+            own.append(images)
+        if masks is not None:
+            own.append(_masks_of(images, masks, cls, f"class {cls!r}", f"{where}.masks",
+                                 f"{check.id}:masks:{cls}", pre, problems))
+    return [s for s in own if s is not None]
 
 
 def _class_set(check: SacvCheck, ctx: Context, cls: str, seed: int) -> data.ImageSet:
