@@ -207,3 +207,36 @@ def test_a_net_written_for_the_default_strides_keeps_them():
     assert all(p.is_contiguous() for p in net.parameters())
     assert np.allclose(model.predict(x), expected, atol=1e-6)
     assert model.activations(x, ["conv"])["conv"].shape == (3, 4, 16, 16)
+
+
+class _ReusedReLU(torch.nn.Module):
+    """One ReLU module called twice per pass, as torchvision's BasicBlock does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv1(x))
+        return self.fc(self.relu(self.conv2(h) + h).mean(dim=(2, 3)))
+
+
+def test_a_module_called_twice_gives_its_last_output_in_every_path(tmp_path):
+    torch.manual_seed(0)
+    net = _ReusedReLU().eval()
+    x = np.random.default_rng(0).normal(size=(70, *SHAPE)).astype(np.float32)  # two batches
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        h = torch.relu(net.conv1(xt))
+        last = torch.relu(net.conv2(h) + h).numpy()
+    path = tmp_path / "r.pt"
+    torch.jit.script(net).save(str(path))
+    for model in (ModuleModel(net, "r", "0", "torch", SHAPE), load_model(path, "auto", SHAPE)):
+        acts = model.activations(x, ["relu"])["relu"]
+        assert acts.shape == (70, 4, 16, 16)
+        assert np.allclose(acts, last, atol=1e-5)
+        assert np.allclose(model.layer_acts_and_grads(x, ["relu"], 0)[0]["relu"], last, atol=1e-5)
+        assert {li.name: li.shape for li in model.layers()}["relu"] == (4, 16, 16)

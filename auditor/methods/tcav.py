@@ -58,8 +58,9 @@ def sensitivities(
     """S = grad_{f_l} logit_target . v for every class image and CAV: (n_images, k).
 
     `pooled` (and dense layers): the spatially summed gradient (n, C) is cached per (model, layer, class) and
-    multiplied by all CAVs at once. `flatten` on a conv layer: one head call with every CAV stacked, which is a
-    single backward pass for torch models.
+    multiplied by all CAVs at once. `flatten` on a conv layer: torch models give the full gradient map from the
+    class set's one forward + backward pass for all layers (cached); ONNX models one finite-difference head
+    call per layer with every CAV stacked.
     """
     model = ctx.models[role]
     acts = ctx.store.acts(model, [layer], class_set)[layer]

@@ -196,14 +196,16 @@ class ModuleModel:
         return self._layers
 
     @contextmanager
-    def _hooks(self, names: Sequence[str], store: dict[str, list[np.ndarray]]) -> Iterator[None]:
+    def _hooks(self, names: Sequence[str], seen: dict[str, np.ndarray]) -> Iterator[None]:
         mods = dict(self._module.named_modules())
         handles = []
 
         def record(name: str) -> Callable:
             def hook(_m: nn.Module, _i: object, out: object) -> None:
+                # A module called twice in one pass (a ReLU reused in a residual block): its last output, as
+                # `layer_acts_and_grads` and TorchScript graphs take it.
                 if isinstance(out, torch.Tensor):
-                    store.setdefault(name, []).append(_owned(out))
+                    seen[name] = _owned(out)
 
             return hook
 
@@ -217,9 +219,13 @@ class ModuleModel:
 
     def _capture(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         store: dict[str, list[np.ndarray]] = {}
-        with torch.no_grad(), self._hooks(names, store):
+        seen: dict[str, np.ndarray] = {}
+        with torch.no_grad(), self._hooks(names, seen):
             for s in _batches(len(x)):
+                seen.clear()
                 self._module(_as_input(x[s], self._layout))
+                for n, a in seen.items():
+                    store.setdefault(n, []).append(a)
         return _joined(store)
 
     def predict(self, x: np.ndarray) -> np.ndarray:

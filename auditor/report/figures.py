@@ -81,15 +81,6 @@ class TcavBar:
     learned: bool
 
 
-@dataclass(frozen=True)
-class AccuracyPanel:
-    """CAV accuracies of one model: ``lines[concept][i]`` is the accuracy at ``layers[i]`` (None: not run)."""
-
-    title: str
-    layers: tuple[str, ...]
-    lines: Mapping[str, Sequence[float | None]]
-
-
 def shorten(name: str, limit: int = 30) -> str:
     """Shorten one long name for a figure label, keeping its end (where tensor names usually differ).
 
@@ -444,54 +435,6 @@ def tcav_models(panels: Sequence[TcavPanel], groups: Sequence[str], out: Path) -
                    bbox_to_anchor=(0.5, 0.0), ncol=_TCAV_LEGEND_COLUMNS, frameon=False, handlelength=1.6,
                    columnspacing=1.4, borderaxespad=0.2)
         return _save(fig, out, crop=False)
-
-
-def cav_accuracy(panels: Sequence[AccuracyPanel], out: Path, *, threshold: float = 0.6) -> Path:
-    """Line chart of CAV accuracy by layer, one panel per model, one line per concept.
-
-    A dashed line marks ``threshold`` (below it the CAV counts as not learned), a dotted one chance (0.5).
-
-    Returns
-    -------
-    Path : ``out``.
-    """
-    with matplotlib.rc_context(_RC):
-        n = max(len(panels), 1)
-        fig = _new_figure(PAGE_WIDTH_IN, 2.3)
-        axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-        concepts: list[str] = []
-        for p in panels:
-            concepts += [c for c in p.lines if c not in concepts]
-        colour = {c: OKABE_ITO[(i + 3) % len(OKABE_ITO)] for i, c in enumerate(concepts)}
-        markers = ("o", "s", "^", "D", "v", "P", "X", "*")
-        for ax, panel in zip(axes, panels):
-            xs = list(range(len(panel.layers)))
-            for concept, accs in panel.lines.items():
-                ci = concepts.index(concept)
-                # A small sideways offset per concept keeps equal accuracies from hiding each other.
-                dodge = 0.06 * (ci - (len(concepts) - 1) / 2)
-                pts = [(x + dodge, a) for x, a in zip(xs, accs) if a is not None]
-                if not pts:
-                    continue
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[concept],
-                        marker=markers[ci % len(markers)], markersize=4, linewidth=1.2, label=concept)
-            ax.axhline(threshold, color="#333333", linestyle=(0, (3, 2)), linewidth=0.8)
-            ax.axhline(0.5, color=GREY, linestyle=":", linewidth=0.8)
-            ax.set_xticks(xs)
-            ax.set_xticklabels(short_labels(panel.layers, 20), rotation=25, ha="right", rotation_mode="anchor")
-            ax.set_xlim(-0.4, max(len(xs) - 0.6, 0.4))
-            ax.set_ylim(0.4, 1.02)
-            ax.set_title(wrap_hard(panel.title, 45, 2), loc="left")
-            ax.grid(axis="y", color="#E5E5E5", linewidth=0.6)
-            ax.set_axisbelow(True)
-        axes[0].set_ylabel("CAV accuracy (held out)")
-        handles = [Line2D([], [], color=colour[c], marker=markers[i % len(markers)], markersize=4,
-                          linewidth=1.2) for i, c in enumerate(concepts)]
-        handles += [Line2D([], [], color="#333333", linestyle=(0, (3, 2)), linewidth=0.8),
-                    Line2D([], [], color=GREY, linestyle=":", linewidth=0.8)]
-        labels = [shorten(c, 28) for c in concepts] + [f"learned threshold ({threshold:g})", "chance (0.5)"]
-        fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
-        return _save(fig, out)
 
 
 # Model colours of the figures that put models side by side (the TCAV figures draw one panel per model and
