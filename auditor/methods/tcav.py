@@ -91,12 +91,20 @@ def relative_cavs(fa: np.ndarray, fb: np.ndarray, learner: str, runs: int, seed:
     return out
 
 
-def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[str]]]:
+@dataclass(frozen=True)
+class Draws:
+    """The seeded image sets of one TCAV check (the same for every model and layer)."""
+
+    seed: int  # the check's seed; CAV seeds derive from it
+    randoms: list[data.ImageSet]  # N + 1 disjoint random sets: concept run i is (C, R_i), null run i (R_{i-1}, R_i)
+    concept_rows: dict[str, np.ndarray]  # concept -> the rows of its folder used (set_size of them, sorted)
+    class_sets: dict[str, data.ImageSet]  # class -> its (subsampled) class images
+
+
+def draws(check: TcavCheck, ctx: Context) -> Draws:
     seed = derive_seed(ctx.policy.seed, check.id)
-    n_runs = check.random_sets
     assert ctx.sets.random_pool is not None
-    # N + 1 disjoint random sets: concept run i is (C, R_i); null run i is (R_{i-1}, R_i), i < j only.
-    randoms = data.draw_disjoint(ctx.sets.random_pool, n_runs + 1, check.set_size, seed, ctx.pre, "random")
+    randoms = data.draw_disjoint(ctx.sets.random_pool, check.random_sets + 1, check.set_size, seed, ctx.pre, "random")
     # The same concept images and the same train/test splits for every model and layer: seeds depend on the
     # check, concept and run only, so two models (or one network in two formats) are compared like for like.
     concept_rows = {
@@ -108,6 +116,13 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
         k: subsample(ctx.sets.classes[k], check.class_images, derive_seed(seed, "class", k), ctx.pre)
         for k in check.classes
     }
+    return Draws(seed, randoms, concept_rows, class_sets)
+
+
+def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[str]]]:
+    d = draws(check, ctx)
+    seed, randoms, concept_rows, class_sets = d.seed, d.randoms, d.concept_rows, d.class_sets
+    n_runs = check.random_sets
     names = ctx.policy.data.classes.names
     layers_by_model = check_layers(ctx.policy, check)
     cells: list[Cell] = []

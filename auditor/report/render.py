@@ -45,10 +45,17 @@ from auditor.results import AuditResult, CheckResult, Status
 TEMPLATE = "report.html.j2"
 STYLESHEET = "report.css"
 
+# Measured on the demo (benchmarks/stability.py, README): another seed and 200-image sets changed 8 of 16 verdicts.
+STABILITY_NOTE = (
+    "Verdicts depend on the random sets: where the random-vs-random scores sit near 0 and 1 (a tall grey box: "
+    "the class gradients point one way, so every direction scores about 0 or 1), the random mean the concept "
+    "is tested against is estimated from few effective samples, and a rerun with other random sets or set "
+    "sizes can change the verdict. Read such cells with the causal probe."
+)
 TCAV_LIMITS_NOTE = (
     "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
     "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
-    "concept onto images), reported separately where available."
+    "concept onto images), reported separately where available. " + STABILITY_NOTE
 )
 PROBE_LIMITS_NOTE = (
     "The probe measures what pasting the artifact does to each class logit, against a neutral patch on the same "

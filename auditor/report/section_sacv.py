@@ -7,6 +7,7 @@ from typing import Any
 from auditor.report import figures, figures_sacv
 from auditor.report.render import (
     DEFAULT_MIN_CAV_ACCURACY,
+    STABILITY_NOTE,
     FigureRef,
     Section,
     SectionContext,
@@ -29,7 +30,7 @@ SACV_LIMITS_NOTE = (
     "first-order: they show where moving the activation along the concept would change the logit, at the "
     "layer's resolution (a coarse layer smears a small concept over a whole cell). The concept positions are "
     "learned from the concept images: without concept masks every position of a concept image counts as the "
-    "concept, which fails for small concepts."
+    "concept, which fails for small concepts. " + STABILITY_NOTE
 )
 
 
