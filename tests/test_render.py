@@ -366,7 +366,7 @@ def test_pdf_laid_out_while_figures_are_drawn_is_the_same(tmp_path: Path, monkey
 def test_figure_worker_error_names_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from auditor.report import figures, render
 
-    job = render.FigureJob("bad_check", figures.cav_accuracy, (None, tmp_path / "x.svg"), {})  # TypeError
+    job = render.FigureJob("bad_check", figures.artifact_auc, (None,), {})  # TypeError
     monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
     monkeypatch.setattr(render, "_workers", lambda: 2)
     with pytest.raises(ResultsError, match="bad_check"):
@@ -658,3 +658,39 @@ def test_probe_figure_shows_at_most_30_classes(tmp_path: Path) -> None:
     assert "shows the 30 of 40 classes the artifact moves most" in fig.caption
     svg = (tmp_path / Path(fig.src).name).read_text(encoding="utf-8")
     assert svg.startswith("<?xml")
+
+
+def test_a_figure_being_drawn_is_waited_for_not_read_half_written(tmp_path: Path) -> None:
+    """The PDF's fetcher asks the drawing first: meanwhile the stage may hold the figure half-written and the
+    output folder an older render's figure of the same name (either once dropped a figure from the PDF)."""
+    import io
+
+    from PIL import Image
+
+    from auditor.report import render
+
+    def png(size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (200, 30, 30)).save(buf, format="png")
+        return buf.getvalue()
+
+    stage, out_dir = tmp_path / "stage", tmp_path / "out"
+    for root in (stage, out_dir):
+        (root / "assets").mkdir(parents=True)
+    whole = png((300, 120))
+    (stage / "assets" / "fig.png").write_bytes(whole[: len(whole) // 3])  # a worker is writing it
+    (out_dir / "assets" / "fig.png").write_bytes(png((40, 40)))  # an earlier render's figure
+    asked: list[Path] = []
+
+    def wait_for(relative: Path) -> bool:
+        asked.append(relative)
+        if relative != Path("assets/fig.png"):
+            return False
+        (stage / "assets" / "fig.png").write_bytes(whole)  # the worker finishes
+        return True
+
+    html = '<html><body><img src="assets/fig.png" style="width: 10cm"></body></html>'
+    render._write_pdf(html, tmp_path / "r.pdf", out_dir, stage, b"{}", make_result(), wait_for=wait_for)
+    assert Path("assets/fig.png") in asked
+    images = [image.image.size for page in PdfReader(tmp_path / "r.pdf").pages for image in page.images]
+    assert images == [(300, 120)]

@@ -9,7 +9,8 @@ results.json and nothing imports pyplot, so no GUI backend or global figure stat
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,15 @@ def raster_path(svg: Path) -> Path:
     return Path(svg).with_suffix(".png")
 
 
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """Yield a temporary name next to ``path``; renamed to ``path`` when the block ends without an error, so a
+    reader never sees the file half-written (a render lays the PDF out while workers draw its figures)."""
+    partial = path.with_name(path.name + ".part")
+    yield partial
+    os.replace(partial, path)
+
+
 def _save(fig: Figure, out: Path, *, crop: bool = True) -> Path:
     """Write ``fig`` as the SVG ``out`` and, for the PDF, as the PNG raster next to it; both reproducible.
 
@@ -178,10 +188,9 @@ def _save(fig: Figure, out: Path, *, crop: bool = True) -> Path:
     # decodes and recompresses the raster for the PDF anyway. Written whole or not at all: a render may be laying
     # out the PDF from a placeholder in its place meanwhile (render.FigureDrawing).
     png = raster_path(out)
-    partial = png.with_name(png.name + ".part")
-    PIL.Image.fromarray(np.ascontiguousarray(crop_px), "RGB").save(
-        partial, format="png", dpi=(RASTER_DPI, RASTER_DPI), compress_level=1)
-    os.replace(partial, png)
+    with written_whole(png) as partial:
+        PIL.Image.fromarray(np.ascontiguousarray(crop_px), "RGB").save(
+            partial, format="png", dpi=(RASTER_DPI, RASTER_DPI), compress_level=1)
     # Metadata Date=None: no timestamp in the file, so re-rendering gives identical bytes.
     fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches=bbox)
     return out

@@ -25,6 +25,7 @@ from auditor.report.figures import (
     _save,
     short_labels,
     wrap_hard,
+    written_whole,
 )
 
 FLAG_COLOUR = "#D55E00"  # vermillion: flagged (a forbidden concept explains the unit)
@@ -188,6 +189,7 @@ def top_images(rows: Sequence[TopRow], out: Path) -> Path:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         # PNG only (an image grid); no Software/date text chunks, so the same input gives the same bytes.
-        fig.savefig(out, format="png", dpi=RASTER_DPI, metadata={"Software": None})
+        with written_whole(out) as partial:
+            fig.savefig(partial, format="png", dpi=RASTER_DPI, metadata={"Software": None})
         return out
 

@@ -23,7 +23,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from auditor.report.figures import (
     _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, RASTER_DPI, role_colours, short_labels, shorten,
-    wrap_hard,
+    wrap_hard, written_whole,
 )
 
 # The quadrant a reviewer looks for first: a concept one model relies on and the other does not represent.
@@ -149,7 +149,9 @@ def _save_png(fig: Figure, out: Path) -> Path:
     height = pixels.shape[0]
     x0, y0, x1, y1 = (int(round(v * RASTER_DPI)) for v in bbox.extents)
     crop = pixels[max(height - y1, 0): height - max(y0, 0), max(x0, 0): x1, :3]
-    PIL.Image.fromarray(np.ascontiguousarray(crop), "RGB").save(out, format="png", dpi=(RASTER_DPI, RASTER_DPI))
+    with written_whole(out) as partial:
+        PIL.Image.fromarray(np.ascontiguousarray(crop), "RGB").save(partial, format="png",
+                                                                    dpi=(RASTER_DPI, RASTER_DPI))
     return out
 
 

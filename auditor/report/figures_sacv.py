@@ -15,7 +15,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from PIL import Image
 
-from auditor.report.figures import PAGE_WIDTH_IN, wrap_hard
+from auditor.report.figures import PAGE_WIDTH_IN, wrap_hard, written_whole
 
 # Diverging and colour-blind safe: orange = the concept raises the class logit there, purple = lowers it.
 CMAP = "PuOr_r"
@@ -82,5 +82,6 @@ def contribution_grid(rows: Sequence[MapRow], out: Path, *, title: str) -> Path:
                 ax.set_yticks([])
         fig.suptitle(wrap_hard(title, 100, 2), fontsize=8, x=0.01, ha="left")
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+        with written_whole(out) as partial:
+            fig.savefig(partial, format="png", dpi=DPI, metadata={"Software": None})
     return out

@@ -1297,8 +1297,8 @@ def _write_pdf(
 ) -> dict[str, float]:
     """Lay out ``html`` and write the PDF/A-3b to ``target``; returns the seconds of the phases.
 
-    ``wait_for(relative)``: called for a file of the report that does not exist yet; blocks until it does and
-    returns True, or returns False when it never will. ``before_write``: runs between layout and writing
+    ``wait_for(relative)``: called for every file of the report first; blocks until a figure still being drawn is
+    complete and returns True, or returns False at once for any other file. ``before_write``: runs between layout and writing
     (the figures laid out from placeholders must be complete before WeasyPrint reads their pixels).
     """
     # Imported here: WeasyPrint loads Pango at import, and nothing else in the package needs it.
@@ -1318,12 +1318,15 @@ def _write_pdf(
                     raise FileNotFoundError(f"not a file of the report: {url}")
                 relative = Path(url2pathname(urlsplit(url).path)).relative_to(
                     url2pathname(urlsplit(PDF_BASE_URL).path))
+                # A figure still being drawn is waited for first: its file may exist half-written meanwhile, and
+                # out_dir may hold the same name from an earlier render (a stale figure, or a truncated read,
+                # made the page count differ from one render of the same results to the next).
+                if wait_for is not None and wait_for(relative):
+                    return super().fetch((stage.resolve() / relative).as_uri(), headers)
                 for root in (stage.resolve(), out_dir.resolve()):
                     path = (root / relative).resolve()
                     if path.is_relative_to(root) and path.is_file():
                         return super().fetch(path.as_uri(), headers)
-                if wait_for is not None and wait_for(relative):
-                    return super().fetch((stage.resolve() / relative).as_uri(), headers)
                 raise FileNotFoundError(f"no such file: {relative}")
             return super().fetch(url, headers)
 
