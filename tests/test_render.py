@@ -694,3 +694,23 @@ def test_a_figure_being_drawn_is_waited_for_not_read_half_written(tmp_path: Path
     assert Path("assets/fig.png") in asked
     images = [image.image.size for page in PdfReader(tmp_path / "r.pdf").pages for image in page.images]
     assert images == [(300, 120)]
+
+
+def test_an_image_weasyprint_cannot_read_stops_the_render(tmp_path: Path) -> None:
+    """WeasyPrint drops such an image with a log line; the report must not go out with a hole under a caption,
+    even when the PDF's image count alone would not show it (another image with a soft mask counts twice)."""
+    import io
+
+    from PIL import Image
+
+    from auditor.report import render
+
+    stage = tmp_path / "stage"
+    (stage / "assets").mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGBA", (50, 20), (0, 0, 0, 128)).save(buf, format="png")  # image + soft mask: 2 image objects
+    (stage / "assets" / "ok.png").write_bytes(buf.getvalue())
+    (stage / "assets" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    html = '<html><body><img src="assets/ok.png"><img src="assets/bad.png"></body></html>'
+    with pytest.raises(RenderError, match=r"lack what the report shows: Failed to load image at .*bad\.png"):
+        render._write_pdf(html, tmp_path / "r.pdf", tmp_path, stage, b"{}", make_result())

@@ -11,6 +11,7 @@ means one section builder here and one macro in templates/report.html.j2.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -1291,6 +1292,17 @@ def pdf_html(html: str, stage: Path, pending: Collection[Path] = ()) -> str:
     return _IMG_SRC.sub(swap, html)
 
 
+class _ErrorLines(logging.Handler):
+    """Collects the messages of ERROR records (WeasyPrint's "Failed to load image at ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def _write_pdf(
     html: str, target: Path, out_dir: Path, stage: Path, attachment: bytes, result: AuditResult,
     *, wait_for: Callable[[Path], bool] | None = None, before_write: Callable[[], None] | None = None,
@@ -1344,6 +1356,11 @@ def _write_pdf(
             description="The audit policy as audited", created=created, modified=created, relationship="Source",
         ))
     options = {"pdf_variant": "pdf/a-3b", "attachments": attachments}
+    # WeasyPrint leaves out an image it cannot read, with an error log line: here that is an error, not a blank
+    # space (a reviewer would sign a report with a figure missing under its caption).
+    unreadable = _ErrorLines()
+    weasy_log = logging.getLogger("weasyprint")
+    weasy_log.addHandler(unreadable)
     try:
         # render() then write_pdf() is what HTML.write_pdf does in one call; two calls let the phases be timed.
         start = time.perf_counter()
@@ -1355,7 +1372,10 @@ def _write_pdf(
         document.write_pdf(target, **options)
     except FatalURLFetchingError as exc:
         raise RenderError(f"PDF rendering stopped: {exc} ({exc.__cause__})") from None
-    # WeasyPrint leaves out an image it cannot read (with a log line): here that is an error, not a blank space.
+    finally:
+        weasy_log.removeHandler(unreadable)
+    if unreadable.lines:
+        raise RenderError(f"the PDF would lack what the report shows: {unreadable.lines[0]}")
     shown = set(_PDF_IMG.findall(html))
     embedded = target.read_bytes().count(b"/Subtype /Image")
     if embedded < len(shown):
