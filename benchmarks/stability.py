@@ -114,8 +114,8 @@ def _audit(policy: dict, path: Path, cache: Path, spare: Path) -> Audit:
 # The pseudo-concept procedure (TCAV only): H0 is "the concept images are exchangeable with random images". Sets
 # of the concept's size drawn from a spare pool of random images (in no random set) play the concept, each
 # against the same N random sets with the same learner; the concept's mean score is one more draw among them:
-# p = (1 + #{m: |T_m - 0.5| >= |T_concept - 0.5|}) / (M + 1). Per-position CAVs make the same for SACV about
-# 100x dearer, so it is not measured there.
+# p = (1 + #{m: |T_m - 0.5| >= |T_concept - 0.5|}) / (M + 1). SACV's per-position CAVs (thousands of positions
+# per fit) make the same far dearer there; not measured.
 PSEUDO_SETS = 200
 SPARE_POOL = 2000
 
