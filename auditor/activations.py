@@ -2,7 +2,9 @@
 
 A key is (model sha256, layer, image-set fingerprint, preprocessing): two models with the same layer names
 never see each other's arrays, and a changed file, model or preprocessing is a new key, never a stale hit.
-Arrays live in memory while the audit runs and as .npy files (memory-mapped on read) under the cache dir.
+Arrays live in memory while the audit runs and as .npy files (memory-mapped on read) under the cache dir, each
+with a sha256 of its file beside it (`<key>.sha256`): a file whose header survives but whose data was damaged
+(a zeroed block, a bad disk) fails the digest and is recomputed, never served.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from auditor import data
+from auditor.errors import require_finite
 from auditor.models.base import Model, has_layer_grads
 
 
@@ -30,6 +34,31 @@ class StoreStats:
     backward_passes: int = 0  # set-level gradient passes (with `layer_grads`, one serves every layer)
     gradients_from_disk: int = 0
     log: list[str] = field(default_factory=list)
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_suffix(".sha256")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damaged(path: Path) -> str | None:
+    """Why the cached array at `path` must not be served, or None when its digest matches."""
+    try:
+        expected = _digest_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return "has no readable digest"
+    try:
+        actual = _file_digest(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None if actual == expected else "does not match its digest"
 
 
 def _key(*parts: str) -> str:
@@ -71,21 +100,36 @@ class Store:
             return self._mem[key]
         path = self._path(key)
         if path.is_file():
+            reason = _damaged(path)
+            if reason == "has no readable digest":  # written before digests existed, or its digest was lost
+                self._log(f"cache file {path} has no digest; recomputing it")
+                return None
+            if reason is not None:
+                # Always said, even with --quiet: the cache was not what this run wrote, and a silent recompute
+                # would hide a failing disk.
+                print(f"warning: cache file {path} {reason}; recomputing it", file=sys.stderr)
+                return None
             try:
                 arr = np.load(path, mmap_mode="r")
             except (ValueError, OSError):
-                return None  # a truncated file from a killed run: recompute and overwrite
+                return None  # unreadable despite its digest (e.g. removed meanwhile): recompute and overwrite
             self._mem[key] = arr
             return arr
         return None
 
-    def _put(self, key: str, arr: np.ndarray) -> np.ndarray:
+    def _put(self, key: str, arr: np.ndarray, what: str = "") -> np.ndarray:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if what:  # found where they first appear, so the check's ERROR names the model and layer
+            require_finite(arr, what)
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a run killed mid-write never leaves a file that looks complete.
+        # Write then rename: a run killed mid-write never leaves a file that looks complete. The digest goes in
+        # first, so that an array file never exists without the digest it must match.
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, arr)
+        digest_tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.sha256")
+        digest_tmp.write_text(_file_digest(tmp), encoding="ascii")
+        digest_tmp.replace(_digest_path(path))
         tmp.replace(path)
         self._mem[key] = arr
         return arr
@@ -108,7 +152,7 @@ class Store:
             fresh = model.activations(x, missing)
             self.stats.forward_passes += 1
             for layer in missing:
-                out[layer] = self._put(keys[layer], fresh[layer])
+                out[layer] = self._put(keys[layer], fresh[layer], f"model {model.name}, layer {layer}, activations of {name}")
                 self.stats.extracted += 1
         return out
 
@@ -155,7 +199,7 @@ class Store:
                 for layer in missing:
                     acts_key = _key("acts", model.sha256, layer, images.fingerprint, self.pre.key())
                     if acts_key not in self._mem and not self._path(acts_key).is_file():
-                        self._put(acts_key, acts[layer])
+                        self._put(acts_key, acts[layer], f"model {model.name}, layer {layer}, activations of {images.name}")
                         self.stats.extracted += 1
             else:
                 acts = self.acts(model, missing, images)
@@ -164,7 +208,9 @@ class Store:
                     fresh[layer] = model.head(layer).grad(np.asarray(acts[layer]), x, target)
                     self.stats.backward_passes += 1
             for layer in missing:
-                out[layer] = self._put(keys[layer], fresh[layer])
+                out[layer] = self._put(
+                    keys[layer], fresh[layer], f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}"
+                )
                 self.stats.gradients += 1
         return {layer: out[layer] for layer in layers}
 
@@ -184,7 +230,10 @@ class Store:
             for layer in missing:
                 g = np.asarray(maps[layer])
                 # The same sum the pooled basis gives, in float64 like the head's contraction.
-                out[layer] = self._put(keys[layer], g.reshape(len(g), g.shape[1], -1).sum(axis=2, dtype=np.float64))
+                out[layer] = self._put(
+                    keys[layer], g.reshape(len(g), g.shape[1], -1).sum(axis=2, dtype=np.float64),
+                    f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}",
+                )
         elif missing:
             acts = self.acts(model, missing, images)
             for layer in missing:
@@ -193,7 +242,9 @@ class Store:
                 grads = model.head(layer).directional(a, self.images(images), pooled_basis(a.shape[1:]), target)
                 self.stats.backward_passes += 1
                 self.stats.gradients += 1
-                out[layer] = self._put(keys[layer], grads)
+                out[layer] = self._put(
+                    keys[layer], grads, f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}"
+                )
         return {layer: out[layer] for layer in layers}
 
     def pooled_grads(self, model: Model, layer: str, images: data.ImageSet, target: int) -> np.ndarray:

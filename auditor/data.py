@@ -93,15 +93,53 @@ def folder_set(name: str, folder: Path, pre: Preprocessing) -> ImageSet:
     return image_set(name, paths, pre)
 
 
+# 16- and 32-bit integer modes PIL opens (16-bit PNG and TIFF are "I;16*", older PIL and TIFF give "I").
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """An opened image in any PIL mode -> 8-bit RGB, scaled by the image's own bit depth.
+
+    PIL's own `convert("RGB")` clips 16-bit and float values to 0..255 instead of scaling them, so a 16-bit PNG
+    came out almost white. Integer modes wider than 8 bits are taken as 16-bit samples (0..65535 -> 0..255; PIL
+    reads a 16-bit file as "I;16" or "I"); a 32-bit "I" image with values outside 0..65535 has no bit depth to
+    scale by and is refused. Float ("F") images are in 0..1 when no value is above 1, else 0..255; others are
+    refused. Alpha is dropped (as torchvision's loaders do): the model sees the colour channels."""
+    if im.mode in _WIDE_INT_MODES:
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise UserError(
+                f"{path}: {im.mode} image with values {arr.min()}..{arr.max()} outside 0..65535 (no bit depth to "
+                "scale by); save it as an 8- or 16-bit image"
+            )
+        gray = np.round(arr * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise UserError(f"{path}: float image holds NaN or infinite values")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise UserError(f"{path}: float image with values {lo:g}..{hi:g}, outside 0..1 and 0..255")
+        scale = 255.0 if hi <= 1.0 else 1.0
+        return Image.fromarray(np.round(arr * scale).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "RGB":
+        return im
+    return im.convert("RGB")
+
+
 def read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One image file -> (H, W, 3) uint8 RGB at `size` (bilinear resize)."""
+    """One image file -> (H, W, 3) uint8 RGB at `size` (bilinear resize), any PIL mode (see `to_rgb`)."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            im.load()
+            rgb = to_rgb(im, path)
             if rgb.size != (size[1], size[0]):
                 rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise UserError(f"{path}: not a readable image ({type(e).__name__}: {detail})") from e
 
@@ -113,8 +151,15 @@ def unreadable(paths: Sequence[Path]) -> list[str]:
         try:
             with Image.open(p) as im:
                 im.load()
+                if im.mode in _WIDE_INT_MODES or im.mode == "F":
+                    to_rgb(im, p)  # the value-range checks of the wide modes
+                elif im.size[0] < 1 or im.size[1] < 1:
+                    raise ValueError("empty image")
+        except UserError as e:
+            out.append(str(e))
         except Exception as e:  # PIL raises many types for broken files; each is the user's file
-            out.append(f"{p}: not a readable image ({type(e).__name__})")
+            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            out.append(f"{p}: not a readable image ({type(e).__name__}{': ' + detail if detail else ''})")
     return out
 
 

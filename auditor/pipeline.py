@@ -15,10 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from auditor import __version__, data
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
-from auditor.errors import UserError
+from auditor.errors import NonFiniteError, UserError
 from auditor.methods import METHODS, VALIDATORS, tcav
 from auditor.models import Model, load_model
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
@@ -51,6 +53,59 @@ def _load_models(policy: Policy, problems: list[str]) -> dict[str, Model]:
         except UserError as e:
             problems.append(f"models.{role}: {e}")
     return models
+
+
+# Square sides tried when a model does not run at the policy's size, to say which sizes it accepts.
+_PROBE_SIDES = (8, 16, 28, 32, 64, 96, 128, 160, 192, 224, 256, 299, 320, 384, 448, 512)
+
+
+def _forward(model: Model, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Logits of one zero image of `shape`, or None when the model does not run on it."""
+    try:
+        return np.asarray(model.predict(np.zeros((1, *shape), np.float32)))
+    except NonFiniteError:  # runs, but gives NaN: the checks report it where it appears
+        return np.full((1, 1), np.nan, np.float32)
+    except Exception:  # torch raises RuntimeError, its TorchScript wrapper others: all mean "not this shape"
+        return None
+
+
+def _probe_models(policy: Policy, models: dict[str, Model], problems: list[str]) -> None:
+    """One forward pass per model at the policy's size, before anything else touches it: a shape mismatch is one
+    line naming the model and the sizes it accepts (not a TorchScript traceback), and the class names are checked
+    against the number of logits. A model that does not run is dropped from `models` (its layers go unchecked)."""
+    shape = (3, *policy.image_size)
+    names = policy.data.classes.names
+    for role in list(models):
+        spec = policy.models[role]
+        where = f"models.{role}"
+        source = spec.path or spec.factory
+        logits = _forward(models[role], shape)
+        if logits is None:
+            ok = [f"{s}x{s}" for s in _PROBE_SIDES if s != shape[1] and _forward(models[role], (3, s, s)) is not None]
+            accepts = f"it runs on {', '.join(ok)} images" if ok else f"it ran on none of {_PROBE_SIDES[0]}..{_PROBE_SIDES[-1]} px square images"
+            problems.append(
+                f"{where}: {source} does not run on images of shape {shape} (preprocessing.size {policy.preprocessing.size}); "
+                f"{accepts}"
+            )
+            del models[role]
+            continue
+        if logits.ndim != 2 or logits.shape[0] != 1:
+            problems.append(f"{where}: {source} gives output of shape {tuple(logits.shape)} for one image; expected logits (1, K)")
+            del models[role]
+            continue
+        k = logits.shape[1]
+        if np.isnan(logits).all() and k == 1:
+            continue  # NaN logits (shape unknown here): the checks report the model
+        if names.complete and len(names) != k:
+            problems.append(
+                f"data.classes.names: {len(names)} names, but model {role!r} ({source}) has {k} logits; give one name "
+                "per logit in order, or a mapping {logit: name} of the classes to audit (e.g. {285: egyptian_cat})"
+            )
+        elif not names.complete and max(names.logits) >= k:
+            problems.append(
+                f"data.classes.names: logit {max(names.logits)} is named, but model {role!r} ({source}) has {k} logits "
+                f"(0..{k - 1})"
+            )
 
 
 def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str]) -> None:
@@ -143,6 +198,7 @@ def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Cont
     pre = preprocessing(policy)
     log("loading models")
     models = _load_models(policy, problems)
+    _probe_models(policy, models, problems)
     _check_layers(policy, models, problems)
     log("checking image sets")
     sets = _image_sets(policy, pre, problems)
@@ -200,6 +256,13 @@ def _run_check(check, ctx: Context, errors_log: Path | None) -> CheckResult:
         return METHODS[check.method](check, ctx)
     except UserError:
         raise
+    except NonFiniteError as e:  # the model's fault, not ours: ERROR saying which model and layer, no traceback
+        ctx.log(f"check {check.id}: {e}")
+        return CheckResult(
+            id=check.id, method=check.method, status=Status.ERROR, severity=check.severity,
+            summary=str(e).splitlines()[0], requirement="(not evaluated)", findings=[],
+            details={"layers": check_layers(ctx.policy, check)},
+        )
     except Exception as e:  # a crashed check is ERROR in the report; the rest of the audit still runs
         if errors_log is not None:
             with open(errors_log, "a", encoding="utf-8") as f:

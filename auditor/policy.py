@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator,
+)
 
 from auditor.errors import UserError
 from auditor.schemas.common import ArtifactSpec, ConceptRequirement, FolderSpec, Severity
@@ -43,8 +45,20 @@ class ModelSpec(_Strict):
         return self
 
 
+def _size(value: Any) -> int | tuple[int, int]:
+    """One side or (H, W), each a whole number of pixels in 1..8192 (checked here, not by a pydantic union, so
+    that a mistake gives one message, not one per union member)."""
+    sides = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(sides) not in (1, 2) or isinstance(value, (list, tuple)) and len(sides) != 2:
+        raise ValueError(f"must be one side or [height, width], not {value!r}")
+    for side in sides:
+        if isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= 8192:
+            raise ValueError(f"image sides are whole numbers of pixels from 1 to 8192, not {side!r}")
+    return sides[0] if not isinstance(value, (list, tuple)) else (sides[0], sides[1])
+
+
 class PreprocessingSpec(_Strict):
-    size: int | tuple[int, int] = 224  # (H, W) or one side for a square
+    size: Annotated[int | tuple[int, int], BeforeValidator(_size)] = 224  # (H, W) or one side for a square
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     channel_order: Literal["RGB", "BGR"] = "RGB"
@@ -57,9 +71,77 @@ class PreprocessingSpec(_Strict):
         return v
 
 
+class ClassNames(tuple):
+    """The audited classes, in logit order, each with its logit index.
+
+    A tuple of names (iteration, `in`, `len` and `join` see the named classes only), whose `index(name)` is the
+    model's logit for that class, not its place in the tuple: with `names: {285: egyptian_cat}` a 1000-class
+    model is audited on one class, and `names.index("egyptian_cat") == 285`. `complete` says the names cover
+    every logit (a list in the policy), so their count must equal the model's."""
+
+    logits: tuple[int, ...]
+    complete: bool
+
+    def __new__(cls, by_logit: dict[int, str], complete: bool) -> "ClassNames":
+        order = sorted(by_logit)
+        self = super().__new__(cls, [by_logit[i] for i in order])
+        self.logits = tuple(order)
+        self.complete = complete
+        return self
+
+    def index(self, name: str, *_args: int) -> int:  # type: ignore[override]
+        return self.logits[tuple.index(self, name)]
+
+    def __reduce__(self) -> tuple:  # copies and pickles keep the logit indices
+        return (ClassNames, (dict(zip(self.logits, self)), self.complete))
+
+    def __deepcopy__(self, _memo: dict) -> "ClassNames":
+        return self
+
+
+def _class_names(value: Any) -> ClassNames:
+    """`names:` as a list (names[i] is logit i, one per logit) or a mapping {logit: name} (the classes audited)."""
+    if isinstance(value, ClassNames):
+        return value
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("needs at least one class name")
+        by_logit, complete = dict(enumerate(value)), True
+    elif isinstance(value, dict):
+        if not value:
+            raise ValueError("needs at least one class")
+        by_logit, complete = {}, False
+        for k, v in value.items():
+            if isinstance(k, bool) or not isinstance(k, int) and not (isinstance(k, str) and k.isdigit()):
+                raise ValueError(f"key {k!r} is not a logit index (a whole number >= 0)")
+            if int(k) in by_logit:
+                raise ValueError(f"logit {int(k)} is named twice")
+            by_logit[int(k)] = v
+    else:
+        raise ValueError(
+            "must be a list (names[i] is logit i) or a mapping {logit index: name}, e.g. {285: egyptian_cat}"
+        )
+    for i, v in by_logit.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"the name of logit {i} must be a non-empty string, not {v!r}")
+        if v != v.strip() or "/" in v or "\\" in v or v in (".", ".."):
+            raise ValueError(f"{v!r} cannot name a class folder (no slashes, no surrounding spaces)")
+    seen: dict[str, int] = {}
+    for i, v in sorted(by_logit.items()):
+        if v in seen:
+            raise ValueError(f"{v!r} names logits {seen[v]} and {i}; class names must be unique")
+        seen[v] = i
+    return ClassNames(by_logit, complete)
+
+
 class ClassesSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
     folder: str  # one subfolder per class, named as in `names`
-    names: list[str] = Field(min_length=2)  # logit order: names[i] is the model's output i
+    # A list: names[i] is the model's logit i, one name per logit (validate checks the count against the model).
+    # A mapping {logit: name}: only those classes are audited (one class of a 1000-class model needs one name).
+    # A string: a text file (relative to the policy) with one name per line, line i naming logit i.
+    names: Annotated[ClassNames, BeforeValidator(_class_names), PlainSerializer(list)]
 
 
 class DataSpec(_Strict):
@@ -183,18 +265,87 @@ def _message(err: dict[str, Any]) -> str:
 _INTERNAL = ("root", "source", "sha256", "text")
 
 
-def parse_policy(text: str, source: str, root: Path) -> Policy:
+def _scalar_key(node: yaml.Node) -> str | None:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else None
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[str]:
+    """One line per mapping key written twice, at any depth: PyYAML keeps the last value silently, which would
+    drop, e.g., a whole first `checks:` list from the audit."""
+    problems: list[tuple[int, int, str]] = []  # (line, column, message): reported in document order
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    seen: set[int] = set()  # an alias makes the node graph a DAG, a recursive one a cycle: visit each node once
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key, value in node.value:
+                name = _scalar_key(key)
+                if name is None or name == "<<":  # complex keys and merge keys are not plain duplicates
+                    continue
+                path = f"{where}.{name}" if where else name
+                line = key.start_mark.line + 1
+                if name in first_line:
+                    lines = f"line {line}" if first_line[name] == line else f"lines {first_line[name]} and {line}"
+                    problems.append((line, key.start_mark.column, f"{path}: duplicate key ({lines}); keep one"))
+                else:
+                    first_line[name] = line
+                stack.append((value, path))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(node.value))
+    return [message for _line, _col, message in sorted(problems)]
+
+
+def _yaml(text: str, source: str) -> Any:
     try:
-        raw = yaml.safe_load(text)
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicates = duplicate_keys(tree)
+        if duplicates:
+            raise PolicyError(source, duplicates)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise PolicyError(source, [f"not valid YAML at {where}: {getattr(e, 'problem', e)}"]) from None
+        if mark is None and isinstance(e, yaml.reader.ReaderError):  # e.g. a NUL or control character
+            where = f"character {e.position + 1}"
+        problem = str(getattr(e, "problem", None) or getattr(e, "reason", None) or e).strip().splitlines()
+        raise PolicyError(source, [f"not valid YAML at {where}: {problem[0] if problem else type(e).__name__}"]) from None
+    except RecursionError:  # YAML nested thousands deep
+        raise PolicyError(source, ["not valid YAML: nested too deeply"]) from None
+
+
+def _names_file(raw: dict, source: str, root: Path) -> None:
+    """`data.classes.names: classes.txt` -> the list of its lines (line i names logit i), in place."""
+    classes = raw.get("data", {}).get("classes") if isinstance(raw.get("data"), dict) else None
+    if not isinstance(classes, dict) or not isinstance(classes.get("names"), str):
+        return
+    path = Path(classes["names"]).expanduser()
+    path = path if path.is_absolute() else root / path
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise PolicyError(source, [f"data.classes.names: cannot read the names file {path}: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(source, [f"data.classes.names: {path} is not UTF-8 text (byte offset {e.start})"]) from None
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    if not names or any(not n for n in names):
+        raise PolicyError(source, [f"data.classes.names: {path} needs one class name per line, no blank lines"])
+    raw["data"] = {**raw["data"], "classes": {**classes, "names": names}}
+
+
+def parse_policy(text: str, source: str, root: Path) -> Policy:
+    raw = _yaml(text, source)
     if not isinstance(raw, dict):
         raise PolicyError(source, ["the policy must be a YAML mapping (keys: models, data, layers, checks, ...)"])
     internal = [k for k in _INTERNAL if k in raw]
     if internal:
         raise PolicyError(source, [f"{k}: unknown key (check the spelling; allowed keys are in policies/reference.yaml)" for k in internal])
+    _names_file(raw, source, root)
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as e:
@@ -208,11 +359,28 @@ def parse_policy(text: str, source: str, root: Path) -> Policy:
     return policy
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (a BOM is allowed); anything else is one line naming the file and the first bad byte."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a {what}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: the {what} is not UTF-8 text (byte offset {e.start}: 0x{raw[e.start]:02x}); save it as UTF-8"
+        ) from None
+
+
 def load_policy(path: Path) -> Policy:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"policy file not found: {path}")
-    return parse_policy(path.read_text(encoding="utf-8"), str(path), path.resolve().parent)
+    text = read_text(path, "policy file")
+    return parse_policy(text, str(path), path.resolve().parent)
 
 
 def _cross_check(policy: Policy) -> list[str]:
@@ -233,7 +401,7 @@ def _cross_check(policy: Policy) -> list[str]:
                 problems.append(f"{here}.layers.{role}: no model called {role!r} ({', '.join(roles)})")
         for j, c in enumerate(check.classes):
             if c not in names:
-                problems.append(f"{here}.classes[{j}]: {c!r} is not in data.classes.names ({', '.join(names)})")
+                problems.append(f"{here}.classes[{j}]: {c!r} is not in data.classes.names ({_few(names)})")
         if check.method in LAYERED_METHODS:
             for role in check.models or roles:
                 if role in policy.models and role not in policy.layers and role not in (check.layers or {}):
@@ -267,6 +435,12 @@ def _cross_check(policy: Policy) -> list[str]:
         if ids.index(cid) != i:
             problems.append(f"checks[{i}].id: {cid!r} is used twice; check ids must be unique")
     return problems
+
+
+def _few(names: tuple[str, ...] | list[str], limit: int = 10) -> str:
+    """A list of names short enough for one line of an error message."""
+    shown = ", ".join(str(n)[:40] for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def relative_name(a: str, b: str) -> str:

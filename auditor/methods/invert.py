@@ -187,7 +187,11 @@ def _unit_row(
     role: str, layer: str, unit: int, e: UnitExplanation, names: tuple[str, ...], forbidden: list[str]
 ) -> dict:
     f = e.formula
-    used = [] if f is None else sorted({names[c] for c, _neg in f.literals()} & set(forbidden))
+    # Only a positive literal says the unit follows a forbidden concept; `NOT watermark` says the unit fires on
+    # images without it (suppression), which is listed apart and fails no requirement.
+    lits = [] if f is None else f.literals()
+    used = sorted({names[c] for c, neg in lits if not neg} & set(forbidden))
+    suppressed = sorted({names[c] for c, neg in lits if neg} & set(forbidden))
     return {
         "kind": "unit",
         "model": role,
@@ -206,6 +210,7 @@ def _unit_row(
             "higher with the formula" if e.auc >= 0.5 else "lower with the formula"
         ),
         "forbidden": used,
+        "suppressed_by": suppressed,
         "flagged": False,
     }
 
@@ -309,6 +314,20 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
 
     reqs = [q for r in check.require for q in _requirement(r, check, roles, units, probe)]
     notes = []
+    # Units a forbidden concept *suppresses* (it appears negated in their formula): listed apart, never flagged.
+    suppressed = [
+        u for u in units
+        if u["suppressed_by"] and not u["flagged"] and u["auc"] is not None and u["auc"] >= check.tau
+        and u["p_adjusted"] <= check.alpha
+    ]
+    if suppressed:
+        shown = ", ".join(f"{u['model']} {u['layer']} #{u['unit']} ({u['formula']})" for u in suppressed[:5])
+        more = f" and {len(suppressed) - 5} more" if len(suppressed) > 5 else ""
+        notes.append(
+            f"Suppressed by a forbidden concept (it appears negated in the formula: the unit fires on images without "
+            f"it; not flagged, no requirement counts them): {shown}{more}."
+        )
+
     weak = []
     search_labels = labels.matrix[search_rows]
     for c in check.forbidden:

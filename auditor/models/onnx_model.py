@@ -29,7 +29,7 @@ import onnx.shape_inference
 import onnx.utils
 import onnxruntime as ort
 
-from auditor.errors import CheckError, UserError
+from auditor.errors import CheckError, UserError, require_finite
 from auditor.models.base import LayerInfo
 
 # Images per session run in predict/activations: bounds the memory of the intermediate tensors.
@@ -459,7 +459,7 @@ class OnnxModel:
         (logits,) = _run_batched(
             self._session, {self._input: x}, [self._output], [(self._num_classes,)], BATCH_SIZE, self._fixed_batch
         )
-        return logits.astype(np.float32, copy=False)
+        return require_finite(logits.astype(np.float32, copy=False), f"model {self.name}, logits")
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
         """One session run per batch for all requested layers: {layer: (n, *layer_shape)} float32."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditor.errors import UserError
+from auditor.errors import UserError, require_finite
 from auditor.models.base import LayerInfo
 
 BATCH = 64
@@ -230,9 +230,10 @@ class ModuleModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return np.concatenate(
+            logits = np.concatenate(
                 [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
             ).astype(np.float32)
+        return require_finite(logits, f"model {self.name}, logits")
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
         known = [li.name for li in self.layers()]
@@ -387,9 +388,10 @@ class ScriptModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return np.concatenate(
+            logits = np.concatenate(
                 [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
             ).astype(np.float32)
+        return require_finite(logits, f"model {self.name}, logits")
 
     def _check(self, layer: str) -> None:
         known = [li.name for li in self.layers()]

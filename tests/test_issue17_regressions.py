@@ -1,0 +1,248 @@
+"""Issue 17, "Bad input never gives a wrong report": one regression test per case, named after it.
+
+Each drives the real CLI in-process (click's CliRunner) or the real function on real files; the five silently
+wrong cases (1-5) each failed on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from auditor import data, pipeline
+from auditor.activations import Store
+from auditor.cli import main
+from auditor.methods import invert as invert_method
+from auditor.methods.invert_search import UnitExplanation, combine, literal
+from auditor.models import load_model
+from auditor.policy import PolicyError, load_policy, parse_policy
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tinynet  # noqa: E402
+
+PRE = data.Preprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.stdout, res.stderr
+
+
+def user_error(args: tuple[str, ...], *needles: str) -> list[str]:
+    """Asserts exit 2 with `error:` lines only (no traceback) containing every needle; returns the lines."""
+    code, _out, err = cli(*args)
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("error:") for line in lines), err
+    for n in needles:
+        assert any(n in line for line in lines), (n, err)
+    return lines
+
+
+@pytest.fixture
+def policy_dir(tiny_world, tmp_path: Path) -> Path:
+    (tmp_path / "world").symlink_to(tiny_world.root / "world")
+    shutil.copy(tiny_world.script, tmp_path / "tiny.pt")
+    return tmp_path
+
+
+def _text(tiny_world) -> str:
+    return tiny_world.policy_text({"candidate": "tiny.pt", "reference": "tiny.pt"})
+
+
+# ----------------------------------------------------------------------------------------- 1. duplicate keys
+
+
+def test_case01_duplicate_top_level_key_is_rejected_with_both_lines(tiny_world, policy_dir):
+    text = _text(tiny_world)
+    second = "checks:\n  - {id: other, method: tcav, classes: [b], concepts: [blue], random_sets: 2, set_size: 10}\n"
+    p = policy_dir / "p.yaml"
+    p.write_text(text + second)
+    first_line = text.splitlines().index("checks:") + 1
+    last_line = len(text.splitlines()) + 1
+    lines = user_error(("validate", str(p)), "checks: duplicate key", f"lines {first_line} and {last_line}")
+    assert len(lines) == 1
+
+
+def test_case01_duplicate_key_at_any_depth_names_its_path():
+    text = "models:\n  candidate: {path: a.pt, path: b.pt}\nchecks:\n  - id: x\n    require:\n      - {model: a, model: b}\n"
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text, "p.yaml", Path("."))
+    assert e.value.problems == [
+        "models.candidate.path: duplicate key (line 2); keep one",
+        "checks[0].require[0].model: duplicate key (line 6); keep one",
+    ]
+
+
+# ------------------------------------------------------------------------------------------ 2. class names
+
+
+def _three_logit_model(d: Path) -> None:
+    torch.jit.script(tinynet.TinyNet(classes=3)).save(str(d / "three.pt"))
+
+
+def test_case02_fewer_names_than_logits_is_a_validate_error(tiny_world, policy_dir):
+    _three_logit_model(policy_dir)
+    p = policy_dir / "p.yaml"
+    p.write_text(tiny_world.policy_text({"candidate": "three.pt", "reference": "tiny.pt"}))
+    lines = user_error(("validate", str(p)), "data.classes.names", "2 names", "'candidate'", "3 logits")
+    assert len(lines) == 1
+
+
+def test_case02_more_names_than_logits_is_a_validate_error_not_an_index_error(tiny_world, policy_dir):
+    p = policy_dir / "p.yaml"
+    p.write_text(_text(tiny_world).replace("names: [a, b]", "names: [a, b, c]"))
+    user_error(("validate", str(p)), "data.classes.names", "3 names", "2 logits")
+    code, _o, err = cli("run", str(p), "--out", str(policy_dir / "out"), "--cache-dir", str(policy_dir / "c"))
+    assert code == 2 and "IndexError" not in err
+    assert not (policy_dir / "out" / "results.json").exists()
+
+
+def test_case02_one_class_of_a_model_by_logit_index(tiny_world, policy_dir):
+    """`names: {1: b}` audits logit 1 of a two-logit model; `index` gives the logit, not the list position."""
+    p = policy_dir / "p.yaml"
+    p.write_text(_text(tiny_world).replace("names: [a, b]", "names: {1: b}").replace("classes: [a]", "classes: [b]")
+                 .replace("class: a,", "class: b,"))
+    policy = load_policy(p)
+    names = policy.data.classes.names
+    assert list(names) == ["b"] and names.index("b") == 1 and not names.complete
+    code, _o, err = cli("validate", str(p))
+    assert code == 0, err
+    p.write_text(_text(tiny_world).replace("names: [a, b]", "names: {7: b}").replace("classes: [a]", "classes: [b]")
+                 .replace("class: a,", "class: b,"))
+    user_error(("validate", str(p)), "data.classes.names", "logit 7", "2 logits")
+
+
+def test_case02_names_file(tiny_world, policy_dir):
+    (policy_dir / "classes.txt").write_text("a\nb\n")
+    p = policy_dir / "p.yaml"
+    p.write_text(_text(tiny_world).replace("names: [a, b]", "names: classes.txt"))
+    assert list(load_policy(p).data.classes.names) == ["a", "b"]
+    (policy_dir / "classes.txt").write_text("a\n\nb\n")
+    user_error(("validate", str(p)), "data.classes.names", "classes.txt")
+
+
+# ------------------------------------------------------------------------------------- 3. image bit depths
+
+
+def _reference_gray(h: int = 8, w: int = 8) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) * 4 % 256).astype(np.uint8)
+
+
+def test_case03_sixteen_bit_png_is_scaled_by_its_bit_depth(tmp_path):
+    ref = _reference_gray()
+    wide = ref.astype(np.uint16) * 257  # the same picture at 16 bits
+    Image.fromarray(wide).save(tmp_path / "x16.png")
+    with Image.open(tmp_path / "x16.png") as im:
+        assert im.mode.startswith("I")
+    got = data.read_rgb(tmp_path / "x16.png", (8, 8))
+    assert np.array_equal(got[..., 0], ref), (got.mean(), ref.mean())
+
+
+# Every mode a user's folder can hold, saved in a format that keeps it, with how it is made from an RGB picture.
+MODES = {
+    "1": "png", "L": "png", "LA": "png", "P": "png", "PA": "tif", "RGB": "png", "RGBA": "png", "CMYK": "tif",
+    "I;16": "png", "I": "tif", "F": "tif",
+}
+
+
+def _saved_in_mode(rgb: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """Writes `rgb` in `mode`; returns the (H, W, 3) uint8 picture a correct decoder must give back."""
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    if mode == "1":
+        im = Image.fromarray(gray).convert("1")
+        expected = np.repeat(np.asarray(im.convert("L"))[..., None], 3, axis=2)
+    elif mode in ("L", "LA"):
+        im = Image.fromarray(gray).convert(mode)
+        expected = np.repeat(gray[..., None], 3, axis=2)
+    elif mode in ("P", "PA"):
+        im = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+        expected = np.asarray(im.convert("RGB"))
+        im = im.convert(mode) if mode == "PA" else im
+    elif mode in ("RGB", "RGBA", "CMYK"):
+        im = Image.fromarray(rgb).convert(mode)
+        expected = np.asarray(im.convert("RGB")) if mode == "CMYK" else rgb
+    elif mode == "I;16":
+        im = Image.fromarray(gray.astype(np.uint16) * 257)
+        expected = np.repeat(gray[..., None], 3, axis=2)
+    elif mode == "I":
+        im = Image.fromarray(gray.astype(np.int32) * 257, "I")
+        expected = np.repeat(gray[..., None], 3, axis=2)
+    else:  # F, in 0..1
+        im = Image.fromarray(gray.astype(np.float32) / 255.0, "F")
+        expected = np.repeat(gray[..., None], 3, axis=2)
+    im.save(path)
+    with Image.open(path) as back:
+        assert back.mode == mode or (mode == "I;16" and back.mode.startswith("I")), (mode, back.mode)
+    return expected
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_case03_every_pil_mode_decodes_like_its_reference(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    path = tmp_path / f"img.{MODES[mode]}"
+    expected = _saved_in_mode(rgb, mode, path)
+    got = data.read_rgb(path, (8, 8))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, mode
+    assert not data.unreadable([path])
+
+
+def test_case03_out_of_range_wide_images_are_refused_by_name(tmp_path):
+    Image.fromarray(np.full((4, 4), 70000, np.int32), "I").save(tmp_path / "wide.tif")
+    Image.fromarray(np.full((4, 4), 300.0, np.float32), "F").save(tmp_path / "hot.tif")
+    problems = data.unreadable([tmp_path / "wide.tif", tmp_path / "hot.tif"])
+    assert len(problems) == 2 and "wide.tif" in problems[0] and "hot.tif" in problems[1]
+
+
+# ------------------------------------------------------------------------------------------ 4. cache digest
+
+
+def test_case04_zeroed_cache_data_is_recomputed_not_served(tiny_world, tmp_path, capfd):
+    model = load_model(tiny_world.script, "auto", (3, 16, 16))
+    images = data.folder_set("s", tiny_world.root / "world" / "concepts" / "red", PRE)
+    first = np.array(Store(tmp_path / "c", PRE).acts(model, ["features.1"], images)["features.1"])
+    (npy,) = list((tmp_path / "c").rglob("*.npy"))
+    raw = bytearray(npy.read_bytes())
+    header = len(raw) - first.nbytes
+    raw[header:] = bytes(len(raw) - header)  # the header survives, the data is zeroed
+    npy.write_bytes(bytes(raw))
+    capfd.readouterr()
+    fresh = Store(tmp_path / "c", PRE)
+    again = np.array(fresh.acts(model, ["features.1"], images)["features.1"])
+    assert np.array_equal(again, first)
+    assert fresh.stats.from_disk == 0 and fresh.stats.extracted == 1
+    err = capfd.readouterr().err
+    assert "does not match its digest" in err and npy.name in err
+    # ...and the recomputed file is served from then on
+    third = Store(tmp_path / "c", PRE)
+    third.acts(model, ["features.1"], images)
+    assert third.stats.from_disk == 1
+
+
+# ---------------------------------------------------------------------------------------- 5. INVERT negation
+
+
+def _row(formula) -> dict:
+    e = UnitExplanation(formula=formula, search_auc=0.95, search_support=40, auc=0.95, support=40, fraction=0.4,
+                        p_value=1e-9)
+    return invert_method._unit_row("candidate", "features.4", 0, e, ("watermark", "circle", "stripes"), ["watermark"])
+
+
+def test_case05_negated_forbidden_concept_does_not_flag_a_unit():
+    names = ("watermark", "circle", "stripes")
+    neg = literal(0, True, names)
+    for f in (neg, combine(literal(1, False, names), neg, "and"), combine(literal(2, False, names), neg, "or")):
+        row = _row(f)
+        assert row["forbidden"] == [], f.text
+        assert row["suppressed_by"] == ["watermark"], f.text
+    pos = _row(combine(literal(1, False, names), literal(0, False, names), "and"))
+    assert pos["forbidden"] == ["watermark"] and pos["suppressed_by"] == []
