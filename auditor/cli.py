@@ -7,6 +7,7 @@ Exit codes: 0 all checks pass · 1 a check failed at or above --fail-on · 2 bad
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 import tempfile
@@ -21,6 +22,22 @@ from auditor.errors import UserError
 
 EXIT_USER = 2
 EXIT_INTERNAL = 3
+
+
+def writable_dir(path: Path, option: str) -> None:
+    """Create `path` (and its parents) and prove a file can be written in it; else a UserError naming `option`."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"is under {parent}, which is a file"
+            raise UserError(f"{option} {path}: {where}; give a folder")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".auditor-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
 
 
 def _logger(quiet: bool = False) -> Callable[[str], None]:
@@ -49,6 +66,9 @@ def _guard(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `auditor layers m.onnx | head`: the reader left; nothing is wrong, say nothing
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+            sys.exit(141)
         except Exception as e:
             log = Path(tempfile.gettempdir()) / "auditor-traceback.txt"
             log.write_text(traceback.format_exc(), encoding="utf-8")
@@ -77,8 +97,10 @@ def _audit(
     log = _logger(quiet)
     policy = load_policy(policy_path)
     old = results.read(baseline) if baseline is not None else None  # a bad baseline fails before the audit runs
-    out.mkdir(parents=True, exist_ok=True)
     cache = cache_dir if cache_dir is not None else Path(".auditor-cache")
+    # Before any model runs: an audit that cannot write its report or cache must not run for minutes first.
+    writable_dir(out, "--out")
+    writable_dir(cache, "--cache-dir")
     errors_log = out / "errors.log"
     errors_log.unlink(missing_ok=True)
     command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -155,8 +177,10 @@ def layers(model: str, size: int | None, trust_pickle: bool) -> None:
     """List MODEL's layers (a file, or module:factory[@weights]) with output shapes."""
     from auditor.models import load_path
 
-    shape = (3, size, size) if size else (3, 224, 224)
-    m = load_path(model, shape, trust_pickle=trust_pickle)
+    if size is not None and not 1 <= size <= 8192:
+        raise UserError(f"--size {size}: image sides are whole numbers of pixels from 1 to 8192")
+    # Without --size an ONNX model takes the size its graph declares; torch models declare none (224 then).
+    m = load_path(model, (3, size, size) if size else None, trust_pickle=trust_pickle)
     click.echo(f"# {m.name} ({m.framework}, input {tuple(m.input_shape)}, sha256 {m.sha256[:16]}...)")
     width = max((len(li.name) for li in m.layers()), default=10)
     for li in m.layers():

@@ -158,8 +158,7 @@ def unreadable(paths: Sequence[Path]) -> list[str]:
         except UserError as e:
             out.append(str(e))
         except Exception as e:  # PIL raises many types for broken files; each is the user's file
-            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-            out.append(f"{p}: not a readable image ({type(e).__name__}{': ' + detail if detail else ''})")
+            out.append(f"{p}: not a readable image ({type(e).__name__})")
     return out
 
 

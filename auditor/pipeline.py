@@ -126,8 +126,25 @@ def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str])
     for i, c in enumerate(policy.checks):
         for role, names in layer_overrides(c).items():
             check(f"checks[{i}].layers.{role}", role, names)
+    # SACV works on positions: a layer without a C x H x W output is a policy mistake, known before anything runs.
+    shapes = {role: {li.name: tuple(li.shape) for li in m.layers()} for role, m in models.items()}
+    for i, c in enumerate(policy.checks):
+        if c.method != "sacv":
+            continue
+        for role, names in check_layers(policy, c).items():
+            own = role in layer_overrides(c)
+            for j, name in enumerate(names):
+                shape = shapes.get(role, {}).get(name)
+                if shape is not None and len(shape) != 3:
+                    where = f"checks[{i}].layers.{role}[{j}]" if own else f"layers.{role}[{j}] (read by checks[{i}], sacv)"
+                    problems.append(
+                        f"{where}: sacv needs convolutional layers (C x H x W); {name!r} of model {role!r} has shape "
+                        f"{shape}"
+                    )
 
 
+# Fewest images in a concept folder (see `_image_sets`).
+MIN_CONCEPT_IMAGES = 3
 # Methods that read the class folders of the checks' `classes`, and the concept folders of their `concepts`.
 CLASS_SET_METHODS = ("tcav", "sacv", "rsvc")
 CONCEPT_METHODS = ("tcav", "sacv")
@@ -167,6 +184,14 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
     if d.concepts is not None:
         croot = policy.resolve(d.concepts.folder)
         concepts = {k: folder(f"data.concepts ({k})", croot / k, f"concept:{k}") for k in needed_concepts}
+        for k, s in concepts.items():
+            # A CAV is fitted on a stratified 2/3 : 1/3 split of concept vs random images: fewer than this many
+            # concept images leave a side of the split without one.
+            if s is not None and len(s) < MIN_CONCEPT_IMAGES:
+                problems.append(
+                    f"data.concepts ({k}): {croot / k} has {len(s)} image{'s' if len(s) != 1 else ''}; a concept needs "
+                    f"at least {MIN_CONCEPT_IMAGES} (a CAV is fitted and tested on a split of them)"
+                )
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
     own: list[data.ImageSet] = []
     for i, c in enumerate(policy.checks):
@@ -175,7 +200,10 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
             if not artifact.is_file():
                 problems.append(f"checks[{i}].artifact.image: file not found: {artifact}")
             else:
-                own.append(data.image_set(f"{c.id}:artifact", [artifact], pre))
+                broken = data.unreadable([artifact])
+                problems.extend(f"checks[{i}].artifact.image: {line}" for line in broken)
+                if not broken:
+                    own.append(data.image_set(f"{c.id}:artifact", [artifact], pre))
             images = c.images if c.method == "artifact_probe" else c.artifact_images
             if images is not None:
                 key = "images" if c.method == "artifact_probe" else "artifact_images"

@@ -246,3 +246,130 @@ def test_case05_negated_forbidden_concept_does_not_flag_a_unit():
         assert row["suppressed_by"] == ["watermark"], f.text
     pos = _row(combine(literal(1, False, names), literal(0, False, names), "and"))
     assert pos["forbidden"] == ["watermark"] and pos["suppressed_by"] == []
+
+
+# ----------------------------------------------------------------------------- 6-12. user mistakes, not exit 3
+
+
+def test_case06_concept_with_one_image_is_a_validate_error(tiny_world, tmp_path):
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world.root / "world", world)
+    for extra in sorted((world / "concepts" / "blue").iterdir())[1:]:
+        extra.unlink()
+    shutil.copy(tiny_world.script, tmp_path / "tiny.pt")
+    p = tmp_path / "p.yaml"
+    p.write_text(_text(tiny_world))
+    lines = user_error(("validate", str(p)), "data.concepts (blue)", "1 image", "at least 3")
+    assert len(lines) == 1
+
+
+class NanNet(tinynet.TinyNet):
+    """TinyNet whose logits are NaN (a broken export, a division by zero in a head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1)) * float("nan")
+
+
+def test_case07_nan_model_is_an_error_check_naming_model_and_layer_and_the_report_is_written(tiny_world, policy_dir):
+    torch.jit.script(NanNet()).save(str(policy_dir / "nan.pt"))
+    extra = """  - id: probe
+    method: artifact_probe
+    artifact: {image: world/concepts/red/0000.png, scale: 0.25}
+    images_per_class: 4
+"""
+    p = policy_dir / "p.yaml"
+    p.write_text(tiny_world.policy_text({"candidate": "nan.pt", "reference": "tiny.pt"}, extra_check=extra))
+    out = policy_dir / "out"
+    code, _o, err = cli("run", str(p), "--out", str(out), "--cache-dir", str(policy_dir / "c"), "--quiet")
+    assert code == 3, err
+    assert "Traceback" not in err
+    import json
+
+    def no_constant(c: str) -> None:
+        raise AssertionError(f"results.json holds {c}")
+
+    checks = {c["id"]: c for c in json.loads((out / "results.json").read_text(), parse_constant=no_constant)["checks"]}
+    for cid in ("tcav-red", "probe"):
+        assert checks[cid]["status"] == "ERROR"
+        assert "candidate" in checks[cid]["summary"] and "NaN" in checks[cid]["summary"]
+        assert "internal error" not in checks[cid]["summary"]
+    assert "layer features" in checks["tcav-red"]["summary"]
+    assert (out / "report.pdf").is_file()
+
+
+def test_case08_policy_that_is_not_utf8_names_the_byte_offset(tiny_world, policy_dir):
+    p = policy_dir / "p.yaml"
+    p.write_bytes(_text(tiny_world).replace("tiny audit", "tiny audit \xe9").encode("latin-1"))
+    offset = _text(tiny_world).index("\xe9") if "\xe9" in _text(tiny_world) else len("title: tiny audit ")
+    lines = user_error(("validate", str(p)), "p.yaml", "not UTF-8", f"byte offset {offset}")
+    assert len(lines) == 1
+
+
+@pytest.mark.parametrize("where", ["cache-is-a-file", "out-under-a-file", "out-unwritable"])
+def test_case09_output_and_cache_folders_are_checked_before_any_model_runs(tiny_world, policy_dir, where):
+    p = policy_dir / "p.yaml"
+    p.write_text(_text(tiny_world))
+    (policy_dir / "a-file").write_text("x")
+    args = {
+        "cache-is-a-file": ["--out", str(policy_dir / "out"), "--cache-dir", str(policy_dir / "a-file")],
+        "out-under-a-file": ["--out", str(policy_dir / "a-file" / "out"), "--cache-dir", str(policy_dir / "c")],
+        # /proc refuses new folders even to root: a folder nothing can be written in, on any machine
+        "out-unwritable": ["--out", "/proc/auditor-out", "--cache-dir", str(policy_dir / "c")],
+    }[where]
+    code, _o, err = cli("run", str(p), *args)
+    assert code == 2, err
+    assert "loading models" not in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == err.strip().splitlines()
+    assert ("--cache-dir" if where == "cache-is-a-file" else "--out") in err
+
+
+def test_case10_torch_model_built_for_another_size_is_one_line_naming_the_sizes_it_accepts(tiny_world, policy_dir):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 16 * 16, 2))
+    torch.jit.script(net).save(str(policy_dir / "fixed.pt"))
+    p = policy_dir / "p.yaml"
+    p.write_text(tiny_world.policy_text({"candidate": "fixed.pt", "reference": "tiny.pt"}).replace("size: 16", "size: 20"))
+    code, _o, err = cli("validate", str(p))
+    assert code == 2 and "Traceback" not in err and "TorchScript" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "models.candidate" in lines[0] and "(3, 20, 20)" in lines[0]
+    assert "16x16" in lines[0]
+
+
+def test_case10_size_zero_is_a_schema_error(tiny_world, policy_dir):
+    p = policy_dir / "p.yaml"
+    p.write_text(_text(tiny_world).replace("size: 16", "size: 0"))
+    assert len(user_error(("validate", str(p)), "preprocessing.size")) == 1
+
+
+def test_case11_sacv_on_a_dense_layer_is_a_validate_error(tiny_world, policy_dir):
+    extra = """  - id: where
+    method: sacv
+    classes: [a]
+    concepts: [red]
+    random_sets: 2
+    set_size: 10
+    layers: {candidate: [fc], reference: [features.4]}
+"""
+    p = policy_dir / "p.yaml"
+    p.write_text(tiny_world.policy_text({"candidate": "tiny.pt", "reference": "tiny.pt"}, extra_check=extra))
+    lines = user_error(("validate", str(p)), "checks[1].layers.candidate[0]", "'fc'", "convolutional")
+    assert len(lines) == 1
+
+
+def test_case11_artifact_that_is_not_an_image_is_a_validate_error(tiny_world, policy_dir):
+    (policy_dir / "mark.png").write_text("not a png")
+    extra = """  - id: probe
+    method: artifact_probe
+    artifact: {image: mark.png}
+"""
+    p = policy_dir / "p.yaml"
+    p.write_text(tiny_world.policy_text({"candidate": "tiny.pt", "reference": "tiny.pt"}, extra_check=extra))
+    lines = user_error(("validate", str(p)), "checks[1].artifact.image", "mark.png", "not a readable image")
+    assert len(lines) == 1
+
+
+def test_case12_layers_of_an_onnx_model_need_no_size(tiny_world):
+    code, out, err = cli("layers", str(tiny_world.onnx))
+    assert code == 0, err
+    assert "input (3, 16, 16)" in out

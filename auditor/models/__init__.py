@@ -13,13 +13,16 @@ __all__ = ["Head", "LayerInfo", "Model", "load_model", "load_path"]
 def load_model(
     path: Path | None,
     framework: str,
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | None,
     factory: str | None = None,
     trust_pickle: bool = False,
     name: str | None = None,
     search_dir: Path | None = None,
 ) -> Model:
-    """Load an ONNX or torch model. `framework` "auto" decides by the file suffix (.onnx -> ONNX)."""
+    """Load an ONNX or torch model. `framework` "auto" decides by the file suffix (.onnx -> ONNX).
+
+    `input_shape` None: an ONNX model takes the shape its graph declares; a torch model, which declares none,
+    (3, 224, 224)."""
     if framework == "auto":
         framework = "onnx" if path is not None and path.suffix.lower() == ".onnx" else "torch"
     display = name or (path.stem if path is not None else (factory or "model"))
@@ -29,7 +32,7 @@ def load_model(
         from auditor.models.onnx_model import OnnxModel
 
         model = OnnxModel(path, name=display)
-        if tuple(model.input_shape) != tuple(input_shape):
+        if input_shape is not None and tuple(model.input_shape) != tuple(input_shape):
             raise UserError(
                 f"{path}: the model takes images of shape {tuple(model.input_shape)}, the policy's preprocessing "
                 f"gives {tuple(input_shape)}; set preprocessing.size to match"
@@ -37,11 +40,13 @@ def load_model(
         return model
     from auditor.models.torch_model import TorchSpec, load_torch
 
-    return load_torch(TorchSpec(path, factory, trust_pickle, tuple(input_shape), display), search_dir)
+    shape = tuple(input_shape) if input_shape is not None else (3, 224, 224)
+    return load_torch(TorchSpec(path, factory, trust_pickle, shape, display), search_dir)
 
 
-def load_path(spec: str, input_shape: tuple[int, ...] = (3, 224, 224), trust_pickle: bool = False) -> Model:
-    """`auditor layers MODEL`: a file path, or `module:factory[@weights]`."""
+def load_path(spec: str, input_shape: tuple[int, ...] | None = None, trust_pickle: bool = False) -> Model:
+    """`auditor layers MODEL`: a file path, or `module:factory[@weights]`; `input_shape` None: the ONNX graph's
+    own, (3, 224, 224) for torch."""
     if ":" in spec and not Path(spec).exists():
         factory, _, weights = spec.partition("@")
         return load_model(Path(weights) if weights else None, "torch", input_shape, factory=factory, search_dir=Path.cwd())
