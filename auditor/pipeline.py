@@ -21,7 +21,7 @@ from auditor import __version__, data
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import NonFiniteError, UserError
-from auditor.methods import METHODS, VALIDATORS, tcav
+from auditor.methods import METHODS, VALIDATORS, exchangeable, tcav
 from auditor.models import Model, load_model
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
@@ -193,6 +193,10 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
                     f"at least {MIN_CONCEPT_IMAGES} (a CAV is fitted and tested on a split of them)"
                 )
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
+    for i, c in enumerate(policy.checks):  # what the exchangeability test needs of the pool and concept folders
+        problems.extend(exchangeable.size_problems(
+            c, f"checks[{i}]", None if pool is None else len(pool),
+            {k: len(v) for k, v in concepts.items() if v is not None}))
     own: list[data.ImageSet] = []
     for i, c in enumerate(policy.checks):
         if c.method in PASTING_METHODS and c.artifact is not None:

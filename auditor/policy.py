@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from auditor.errors import UserError
-from auditor.schemas.common import ArtifactSpec, ConceptRequirement, FolderSpec, Severity
+from auditor.schemas.common import DEFAULT_STATISTIC, ArtifactSpec, ConceptRequirement, FolderSpec, Severity
 from auditor.schemas.common import Strict as _Strict
 from auditor.schemas.invert import InvertCheck
 from auditor.schemas.rsvc import RsvcCheck
@@ -169,6 +169,13 @@ class TcavCheck(_Strict):
     # Relative TCAV: pairs [A, B] of the check's concepts; the CAV separates A from B (not from random), and its
     # cells are named "A vs B" (requirements may name them so).
     relative: list[tuple[str, str]] = []
+    # Significance (METHODS.md, TCAV item 4): `exchangeable` tests the concept against pseudo-concepts (random-pool
+    # sets scored alike); `welch` is the paper's test against random-vs-random runs, for published comparisons.
+    test: Literal["exchangeable", "welch"] = "exchangeable"
+    # Which statistic decides under `exchangeable` (both are computed and reported): the TCAV score (s1) or the
+    # cosine sensitivity (s2). The default is the one METHODS.md's rule picked on the demo (README).
+    statistic: Literal["score", "cosine"] = DEFAULT_STATISTIC
+    max_pseudo: int = Field(default=2000, ge=19)  # cap on the pseudo-concepts (a WARN names it when it binds)
     require: list[ConceptRequirement] = []
 
 

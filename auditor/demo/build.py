@@ -11,6 +11,7 @@ from typing import Callable
 
 from auditor.demo.train import MEAN, STD, train_demo_models
 from auditor.demo.world import CLASSES, SHORTCUT_CLASS, write_world
+from auditor.methods.exchangeable import WARN_SPARE_SETS
 
 # RSVC's concept layer is each model's last conv ReLU (its head starts with global average pooling, so the
 # importance through the head is exact); see the architectures in auditor/demo/train.py.
@@ -19,7 +20,9 @@ RSVC_CONCEPT_LAYERS = {"candidate": "/features/features.11/Relu_output_0", "refe
 # Random sets are disjoint: (random_sets + 1) * set_size images must fit in the pool.
 RANDOM_SETS = 10
 SET_SIZE = 50
-RANDOM_POOL = (RANDOM_SETS + 1) * SET_SIZE + 50
+# N + 1 random sets, and a spare of 10 sets for the exchangeability test's pseudo-concepts (drawn from a smaller
+# spare they overlap and the null narrows: methods/exchangeable.py, WARN_SPARE_SETS).
+RANDOM_POOL = (RANDOM_SETS + 1 + WARN_SPARE_SETS) * SET_SIZE
 
 
 def policy_text(prefix: str, candidate_layers: list[str], reference_layers: list[str], seed: int = 0) -> str:

@@ -41,9 +41,14 @@ from PIL import Image
 from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
-from auditor.methods import stats
+from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav, fit_cav
-from auditor.methods.tcav import MIN_CAV_ACCURACY, evaluate, requirement_text, status_and_summary
+from auditor.methods.tcav import (
+    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, null_detail, requirement_text, status_and_summary, test_fields,
+    test_words,
+)
+from auditor.methods.tcav import adjust as tcav_adjust
+from auditor.methods.tcav import spare_set
 from auditor.models.base import Model, has_layer_grads
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult
@@ -74,10 +79,14 @@ class SpatialCell:
     contribution: np.ndarray  # (m, H, W) M * [R > 0] of the mean concept CAV on the map images
     relevance: np.ndarray  # (m, H, W) R of the mean concept CAV on the map images
     inside_share: float | None  # share of |M| inside the object masks of the map images
+    cosines: np.ndarray | None = None  # (N,) mean cosine of the gradient map with v at the R > 0 positions
+    score_p: float | None = None  # exchangeability test: p of the spatial score (s1)
+    cosine_p: float | None = None  # p of the cosine (s2)
+    untested: str | None = None  # why the cell was not tested
 
     @property
     def learned(self) -> bool:
-        return float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+        return self.untested is None and float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
 
 
 # ----------------------------------------------------------------------------------------------- the method
@@ -137,6 +146,58 @@ def spatial_cav(concept: np.ndarray, random: np.ndarray, seed: int, where: np.nd
     return fit_cav(x_tr, y_tr, x_te, y_te, "logistic", seed)
 
 
+@dataclass(frozen=True)
+class PositionSums:
+    """Per image: the sum of the activation rows of the positions that count for its side, and their number."""
+
+    sums: np.ndarray  # (n, C) float64
+    counts: np.ndarray  # (n,)
+
+
+def position_sums(acts: np.ndarray, where: np.ndarray | None = None) -> PositionSums:
+    """(n, C, H, W) activations, `where` (n, H, W) positions that count (default: all) -> PositionSums."""
+    acts = np.asarray(acts)
+    mask = np.ones(acts.shape[:1] + acts.shape[2:], bool) if where is None else np.asarray(where, bool)
+    sums = np.einsum("nchw,nhw->nc", acts.astype(np.float64), mask.astype(np.float64))
+    return PositionSums(sums, mask.reshape(len(mask), -1).sum(axis=1).astype(np.float64))
+
+
+def image_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train, test) images of the concept side and of the random side of one run, by image as `spatial_cav`
+    splits them (a third of each side held out); the exchangeability test shares it among all sets of a run."""
+    n_test = max(1, n // 3)
+    rng = np.random.default_rng(seed)
+    pc, pr = rng.permutation(n), rng.permutation(n)
+    return np.sort(pc[n_test:]), np.sort(pc[:n_test]), np.sort(pr[n_test:]), np.sort(pr[:n_test])
+
+
+def mean_spatial_cavs(sides: list[PositionSums], random: PositionSums) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (FastCAV) per-position CAVs of K concept-side sets against one random set, on the given images:
+    v = mean concept position - mean random position, offset at the midpoint, unit norm. (K, C), (K,)."""
+    mu0 = random.sums.sum(axis=0) / max(random.counts.sum(), 1)
+    mu1 = np.stack([s.sums.sum(axis=0) / max(s.counts.sum(), 1) for s in sides])
+    v = mu1 - mu0
+    offsets = -np.einsum("kc,kc->k", v, (mu1 + mu0) / 2)
+    norms = np.linalg.norm(v, axis=1)
+    safe = np.where(norms > 0, norms, 1.0)
+    return v / safe[:, None], offsets / safe
+
+
+def _subset(p: PositionSums, rows: np.ndarray) -> PositionSums:
+    return PositionSums(p.sums[rows], p.counts[rows])
+
+
+def balanced_accuracy(concept: np.ndarray, where: np.ndarray | None, random: np.ndarray, v: np.ndarray,
+                      offset: float) -> float:
+    """Held-out accuracy of a per-position CAV: the mean of the share of concept positions (`where`) it calls
+    concept and the share of random positions it calls random (0.5 = chance)."""
+    rc = relevance_maps(concept, v[None], np.array([offset]))[:, 0]
+    rr = relevance_maps(random, v[None], np.array([offset]))[:, 0]
+    mask = np.ones(rc.shape, bool) if where is None else np.asarray(where, bool)
+    tpr = float((rc[mask] > 0).mean()) if mask.any() else 0.0
+    return (tpr + float((rr <= 0).mean())) / 2
+
+
 def relevance_maps(acts: np.ndarray, cavs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """R for every image and CAV: acts (n, C, H, W), cavs (k, C), offsets (k,) -> (n, k, H, W)."""
     r = np.einsum("nchw,kc->nkhw", np.asarray(acts, np.float32), cavs.astype(np.float32), optimize=True)
@@ -188,6 +249,26 @@ def contribution_maps(
         m = model.head(layer).directional(np.asarray(acts), x, basis.reshape(len(where), c, h, w), target)
         out[:, where] = np.asarray(m, np.float32)
     return out.reshape(n, h, w) * present
+
+
+def spatial_stats(acts: np.ndarray, grads: np.ndarray, cavs: np.ndarray, offsets: np.ndarray,
+                  chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Both statistics of every CAV from the full gradient maps: (spatial score (k,), mean cosine (k,)).
+
+    The cosine of image x is that of its gradient map g (all positions) with the direction the score uses, v at
+    the positions where R > 0: S(x) / (|g| sqrt(#{R > 0})) for a unit v; 0 when no position is relevant."""
+    acts, grads = np.asarray(acts, np.float32), np.asarray(grads, np.float32)
+    gnorm = np.linalg.norm(grads.reshape(len(grads), -1).astype(np.float64), axis=1)
+    score, cosine = np.zeros(len(cavs)), np.zeros(len(cavs))
+    for start in range(0, len(cavs), chunk):
+        part = slice(start, start + chunk)
+        positive = relevance_maps(acts, cavs[part], offsets[part]) > 0
+        contribution = np.einsum("nchw,kc->nkhw", grads, cavs[part].astype(np.float32), optimize=True)
+        sums = (contribution * positive).sum(axis=(2, 3), dtype=np.float64)  # (n, k)
+        denom = gnorm[:, None] * np.sqrt(positive.sum(axis=(2, 3)))
+        score[part] = (sums > 0).mean(axis=0)
+        cosine[part] = np.divide(sums, denom, out=np.zeros_like(sums), where=denom > 0).mean(axis=0)
+    return score, cosine
 
 
 def spatial_scores(sums: np.ndarray) -> np.ndarray:
@@ -322,6 +403,7 @@ class _Runs:
 
     null: list[Cav]
     concept: dict[str, list[Cav]]
+    pseudo: tuple[np.ndarray, np.ndarray] | None = None  # exchangeable: (N, M, C) unit CAVs, (N, M) offsets
 
     def stacked(self, concepts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         runs = self.null + [v for c in concepts for v in self.concept[c]]
@@ -334,17 +416,60 @@ class _Runs:
         return v / scale, float(np.mean([r.offset for r in self.concept[c]])) / scale
 
 
+def _mean_runs(
+    feats_r: list[np.ndarray], concepts: dict[str, tuple[np.ndarray, np.ndarray | None]], spare: np.ndarray,
+    pseudo_rows: np.ndarray, seed: int,
+) -> _Runs:
+    """Mean per-position CAVs of the exchangeability test: per run i, the concepts, the M pseudo-concepts (spare
+    rows, every position a concept sample: they have no concept mask) and the random-vs-random run, all on the
+    run's one image split."""
+    sums_r = [position_sums(a) for a in feats_r]
+    sums_c = {c: position_sums(a, where) for c, (a, where) in concepts.items()}
+    sums_s = position_sums(spare)
+    n = len(pseudo_rows[0])
+    null, concept = [], {c: [] for c in concepts}
+    vs, bs = [], []
+    for i in range(1, len(feats_r)):
+        c_tr, c_te, r_tr, r_te = image_split(n, derive_seed(seed, "split", str(i)))
+        rand = _subset(sums_r[i], r_tr)
+        sides = [_subset(sums_c[c], c_tr) for c in concepts] + [_subset(sums_s, rows[c_tr]) for rows in pseudo_rows]
+        v, b = mean_spatial_cavs(sides, rand)
+        for j, (c, (acts, where)) in enumerate(concepts.items()):
+            acc = balanced_accuracy(acts[c_te], None if where is None else where[c_te], feats_r[i][r_te], v[j], b[j])
+            concept[c].append(Cav(v[j].astype(np.float32), acc, float(b[j])))
+        vs.append(v[len(concepts):].astype(np.float32))
+        bs.append(b[len(concepts):])
+        nv, nb = mean_spatial_cavs([_subset(sums_r[i - 1], c_tr)], rand)
+        null.append(Cav(nv[0].astype(np.float32), 0.0, float(nb[0])))
+    return _Runs(null=null, concept=concept, pseudo=(np.stack(vs), np.stack(bs)))
+
+
+def _concept_where(check: SacvCheck, ctx: Context, c: str, rows: np.ndarray, grid: tuple) -> np.ndarray | None:
+    if check.concept_masks is None:
+        return None
+    paths = _mask_paths(ctx.policy.resolve(check.concept_masks.folder), c, ctx.sets.concepts[c])
+    return concept_positions(mask_fractions([paths[i] for i in rows], grid, ctx.policy.image_size))
+
+
 def _train_runs(
     check: SacvCheck, ctx: Context, role: str, layers: list[str], randoms: list[data.ImageSet],
-    concept_rows: dict[str, np.ndarray], seed: int,
+    concept_rows: dict[str, np.ndarray], seed: int, spare: tuple[data.ImageSet, np.ndarray] | None = None,
 ) -> dict[str, _Runs]:
+    """The CAVs of every layer: logistic per-position CAVs (welch), or mean ones with the pseudo-concepts of the
+    exchangeability test (`spare`: the spare pool and the (M, set_size) rows of each pseudo-concept)."""
     model = ctx.models[role]
     random_acts = [ctx.store.acts(model, layers, r) for r in randoms]
     concept_acts = {c: ctx.store.acts(model, layers, ctx.sets.concepts[c]) for c in check.concepts}
+    spare_acts = None if spare is None else ctx.store.acts(model, layers, spare[0])
     out = {}
     for layer in layers:
         feats_r = [np.asarray(a[layer]) for a in random_acts]
         grid = feats_r[0].shape[2:]
+        if spare is not None:
+            concepts = {c: (np.asarray(concept_acts[c][layer])[concept_rows[c]],
+                            _concept_where(check, ctx, c, concept_rows[c], grid)) for c in check.concepts}
+            out[layer] = _mean_runs(feats_r, concepts, np.asarray(spare_acts[layer]), spare[1], seed)
+            continue
         null = [spatial_cav(feats_r[i - 1], feats_r[i], derive_seed(seed, "null", str(i))) for i in range(1, len(randoms))]
         concept: dict[str, list[Cav]] = {}
         for c in check.concepts:
@@ -365,7 +490,7 @@ def _train_runs(
 def _class_cells(
     check: SacvCheck, ctx: Context, role: str, layers: list[str], runs: dict[str, _Runs], cls: str,
     class_set: data.ImageSet,
-) -> tuple[list[SpatialCell], list[_Overlay]]:
+) -> tuple[list[SpatialCell], list[_Overlay], list[Null]]:
     model = ctx.models[role]
     n_runs = check.random_sets
     target = ctx.policy.data.classes.names.index(cls)
@@ -379,18 +504,39 @@ def _class_cells(
     top = np.argsort(-logits, kind="stable")[: check.top_images]  # rows of the map images
     masks_root = _masks_root(check, ctx.policy)
     thumbs = [thumbnail(class_set.paths[int(i)]) for i in top]  # the same top images for every layer and concept
-    cells, overlays = [], []
+    cells, overlays, nulls = [], [], []
     for layer in layers:
         acts = np.asarray(class_acts[layer])
         grid = acts.shape[2:]
+        pseudo = runs[layer].pseudo
         if grad_maps is not None:
             grads = np.asarray(grad_maps[layer])
+        elif pseudo is not None:  # the test needs the full map: ONNX finite differences, within the budget
+            size = int(np.prod(acts.shape[1:]))
+            if exchangeable.fd_rows(len(acts), size) > exchangeable.MAX_FD_ROWS:
+                why = exchangeable.over_budget(len(acts), size, layer)
+                empty = np.zeros((0, *grid), np.float32)
+                cells += [SpatialCell(role, layer, cls, c, np.zeros(n_runs), np.zeros(n_runs), np.zeros(n_runs),
+                                      empty, empty, None, untested=why) for c in check.concepts]
+                overlays += [None] * len(check.concepts)
+                continue
+            grads = np.asarray(ctx.store.grad_maps(model, [layer], class_set, target)[layer])
         elif hasattr(model.head(layer), "directional_per_image"):
             grads = None  # finite differences along SACV's own directions (ONNX)
         else:
             grads = np.asarray(model.head(layer).grad(acts, x, target))
         cavs, offsets = runs[layer].stacked(check.concepts)
-        score = spatial_scores(spatial_sums(model, layer, acts, x, grads, cavs, offsets, target))
+        cosine = None
+        if grads is not None:
+            score, cosine = spatial_stats(acts, grads, cavs, offsets)
+        else:
+            score = spatial_scores(spatial_sums(model, layer, acts, x, grads, cavs, offsets, target))
+        null_s1 = null_s2 = None
+        if pseudo is not None:  # each pseudo-concept's statistics, mean over its N runs
+            per_run = [spatial_stats(acts, grads, pseudo[0][i], pseudo[1][i]) for i in range(n_runs)]
+            null_s1 = np.mean([r[0] for r in per_run], axis=0)
+            null_s2 = np.mean([r[1] for r in per_run], axis=0)
+            nulls.append(Null(role, layer, cls, null_s1, null_s2))
         inside = None
         if masks_root is not None:
             paths = _mask_paths(masks_root, cls, class_set)
@@ -402,17 +548,29 @@ def _class_cells(
                 model, layer, acts[m_idx], x[m_idx], None if grads is None else grads[m_idx], v, target, r > 0
             )
             cols = slice(n_runs * (j + 1), n_runs * (j + 2))
+            test = {}
+            if null_s1 is not None:
+                test = dict(score_p=exchangeable.permutation_p(abs(score[cols].mean() - 0.5), np.abs(null_s1 - 0.5)),
+                            cosine_p=exchangeable.permutation_p(abs(cosine[cols].mean()), np.abs(null_s2)))
             cells.append(SpatialCell(
                 model=role, layer=layer, cls=cls, concept=c, scores=score[cols], random_scores=score[:n_runs],
                 accuracies=np.array([v.accuracy for v in runs[layer].concept[c]]), contribution=m, relevance=r,
                 inside_share=None if inside is None else inside_share(m, inside),
+                cosines=None if cosine is None else cosine[cols], **test,
             ))
             overlays.append(_Overlay(
                 model=role, layer=layer, cls=cls, concept=c,
                 images=thumbs,
                 logits=[float(logits[i]) for i in top], contribution=m[top],
             ))
-    return cells, overlays
+    return cells, overlays, nulls
+
+
+def cav_learner(check: SacvCheck) -> str:
+    """Mean CAVs under the exchangeability test (METHODS.md allows it for SACV: M x N per-position logistic fits of
+    a few thousand positions each, at about 50 ms a fit, would make the demo's check minutes long), logistic CAVs
+    (the paper's) under Welch."""
+    return "mean" if check.test == "exchangeable" else "logistic"
 
 
 def _check_conv(check: SacvCheck, ctx: Context, role: str, layers: list[str]) -> None:
@@ -425,7 +583,9 @@ def _check_conv(check: SacvCheck, ctx: Context, role: str, layers: list[str]) ->
             )
 
 
-def _cells(check: SacvCheck, ctx: Context) -> tuple[list[SpatialCell], list[_Overlay], dict[str, list[str]]]:
+def _cells(
+    check: SacvCheck, ctx: Context,
+) -> tuple[list[SpatialCell], list[_Overlay | None], dict[str, list[str]], dict | None]:
     seed = derive_seed(ctx.policy.seed, check.id)
     assert ctx.sets.random_pool is not None
     # As in TCAV: N + 1 disjoint random sets (concept run i is (C, R_i), null run i is (R_{i-1}, R_i)) and
@@ -439,15 +599,28 @@ def _cells(check: SacvCheck, ctx: Context) -> tuple[list[SpatialCell], list[_Ove
     layers_by_model = check_layers(ctx.policy, check)
     cells: list[SpatialCell] = []
     overlays: list[_Overlay] = []
+    nulls: list[Null] = []
+    plan = None
+    if check.test == "exchangeable":
+        spare = spare_set(ctx.sets.random_pool, randoms[1:], ctx.pre, f"{check.id}:spare-random")
+        family = sum(len(ls) for ls in layers_by_model.values()) * len(check.classes) * len(check.concepts)
+        m, capped = exchangeable.pseudo_count(check.alpha, family, check.max_pseudo)
+        rows = exchangeable.pseudo_rows(len(spare), check.set_size, m, derive_seed(seed, "pseudo"))
+        plan = {"pseudo_concepts": m, "capped": capped, "spare": len(spare),
+                "notes": exchange_notes(m, capped, check.max_pseudo, len(spare), check.set_size)}
     for role, layers in layers_by_model.items():
         _check_conv(check, ctx, role, layers)
-        ctx.log(f"sacv {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {check.random_sets} runs)")
-        runs = _train_runs(check, ctx, role, layers, randoms, concept_rows, seed)
+        ctx.log(f"sacv {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {check.random_sets} runs"
+                + (f", {plan['pseudo_concepts']} pseudo-concepts)" if plan else ")"))
+        runs = _train_runs(check, ctx, role, layers, randoms, concept_rows, seed, (spare, rows) if plan else None)
         for k in check.classes:
-            more_cells, more_overlays = _class_cells(check, ctx, role, layers, runs, k, class_sets[k])
+            more_cells, more_overlays, more_nulls = _class_cells(check, ctx, role, layers, runs, k, class_sets[k])
             cells += more_cells
             overlays += more_overlays
-    return cells, overlays, layers_by_model
+            nulls += more_nulls
+    if plan:
+        plan["null"] = null_detail(nulls)
+    return cells, overlays, layers_by_model, plan
 
 
 def _finite(x: float) -> float | None:
@@ -458,7 +631,7 @@ def _grid(a: np.ndarray, digits: int = 5) -> list[list[float]]:
     return [[float(f"{v:.{digits}g}") for v in row] for row in np.asarray(a, np.float64)]
 
 
-def findings(cells: list[SpatialCell]) -> list[dict]:
+def findings(cells: list[SpatialCell], test: str = "welch", statistic: str = "score") -> list[dict]:
     """One row per cell: the issue's fields, plus what the report needs (CAV accuracy, the random band)."""
     out = []
     for c in cells:
@@ -469,33 +642,20 @@ def findings(cells: list[SpatialCell]) -> list[dict]:
             "score_std": None,
             "random_score_mean": round(float(c.random_scores.mean()), 6),
             "random_score_std": round(float(c.random_scores.std()), 6),
-            "cav_accuracy": round(float(c.accuracies.mean()), 6),
+            "cav_accuracy": None if c.untested else round(float(c.accuracies.mean()), 6),
             "learned": c.learned,
             "verdict": "not learned",
         }
-        if c.learned:
-            row.update(
-                score=round(float(c.scores.mean()), 6), score_std=round(float(c.scores.std()), 6),
-                p_value=_finite(stats.welch_t(c.scores, c.random_scores).p_value),
-            )
+        row.update(test_fields(c, test, statistic))
         out.append(row)
     return out
 
 
 def adjust(rows: list[dict], alpha: float) -> tuple[list[dict], int]:
     """Holm over the check's tested cells (a p-value scipy could not compute counts as 1)."""
-    tested = [i for i, f in enumerate(rows) if f["learned"]]
-    raw = np.array([1.0 if rows[i]["p_value"] is None else rows[i]["p_value"] for i in tested])
+    raw = np.array([1.0 if f["p_value"] is None else f["p_value"] for f in rows if f["learned"]])
     adjusted = stats.holm(raw) if len(raw) else np.array([])
-    out = [dict(f) for f in rows]
-    for i, p in zip(tested, adjusted):
-        significant = bool(p <= alpha)
-        above = out[i]["score"] > out[i]["random_score_mean"]
-        out[i].update(
-            p_adjusted=_finite(p), significant=significant,
-            verdict=("sensitive" if above else "significant-low") if significant else "not significant",
-        )
-    return out, len(tested)
+    return tcav_adjust(rows, list(adjusted), alpha), len(raw)
 
 
 def _maps_detail(cells: list[SpatialCell], overlays: list[_Overlay]) -> tuple[list[dict], list[dict]]:
@@ -504,6 +664,8 @@ def _maps_detail(cells: list[SpatialCell], overlays: list[_Overlay]) -> tuple[li
     concept). Map values keep 4 significant digits (overlays 3): figures, not measurements."""
     maps, thumbnails, seen = [], [], set()
     for c, o in zip(cells, overlays):
+        if o is None:  # an untested cell has no maps
+            continue
         if (c.model, c.cls) not in seen:
             seen.add((c.model, c.cls))
             thumbnails.append({"model": c.model, "class": c.cls, "images_png": list(o.images), "logits": o.logits})
@@ -518,8 +680,8 @@ def _maps_detail(cells: list[SpatialCell], overlays: list[_Overlay]) -> tuple[li
 
 
 def run(check: SacvCheck, ctx: Context) -> CheckResult:
-    cells, overlays, layers_by_model = _cells(check, ctx)
-    rows, family = adjust(findings(cells), check.alpha)
+    cells, overlays, layers_by_model, plan = _cells(check, ctx)
+    rows, family = adjust(findings(cells, check.test, check.statistic), check.alpha)
     maps, thumbnails = _maps_detail(cells, overlays)
     roles = list(layers_by_model)
     outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
@@ -536,16 +698,22 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
             "map_images": check.map_images, "top_images": check.top_images,
             "masks": _masks_root(check, ctx.policy) is not None,
             "concept_masks": check.concept_masks is not None,
-            "test": "Welch two-sided t-test of concept vs random-vs-random spatial scores, Holm-adjusted over "
-            f"{family} tests (every tested cell of this check)",
+            "test": test_words(check.test, family, check.statistic, (plan or {}).get("pseudo_concepts", 0),
+                               "cell of this check").replace("scores", "spatial scores"),
+            "test_name": check.test, "statistic": check.statistic if plan else "score",
+            "cav": cav_learner(check),
             "family_size": family, "min_cav_accuracy": MIN_CAV_ACCURACY,
         },
         "layers": layers_by_model,
         "requirements": reqs,
         "maps": maps,
         "thumbnails": thumbnails,
-        "notes": [],
+        "notes": list((plan or {}).get("notes", [])),
     }
+    if plan:
+        details["settings"].update(pseudo_concepts=plan["pseudo_concepts"], spare_images=plan["spare"],
+                                   max_pseudo=check.max_pseudo)
+        details["null"] = plan["null"]
     return CheckResult(
         id=check.id, method="sacv", status=status, severity=check.severity, summary=summary,
         requirement="; ".join(q["text"] for q in reqs) or "none (informational)", findings=rows, details=details,

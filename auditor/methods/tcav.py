@@ -1,5 +1,6 @@
-"""TCAV (Kim et al. 2018) with random-set repetition, Welch tests against random-vs-random scores and Holm
-correction — see METHODS.md. What it can claim: a class logit is locally *sensitive* to a concept direction;
+"""TCAV (Kim et al. 2018) with random-set repetition, significance by the exchangeability test against
+pseudo-concepts (default; methods/exchangeable.py) or the paper's Welch test against random-vs-random scores, and
+Holm correction — see METHODS.md. What it can claim: a class logit is locally *sensitive* to a concept direction;
 never that the model *relies* on the concept.
 
 Cost: activations come from the store (one forward pass per model and image set); the logit gradient is taken
@@ -14,7 +15,7 @@ import numpy as np
 
 from auditor import data
 from auditor.context import Context, derive_seed, subsample
-from auditor.methods import stats
+from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav, features, train_cav
 from auditor.models.base import has_layer_grads
 from auditor.policy import TcavCheck, TcavRequirement, check_layers, relative_name
@@ -35,10 +36,14 @@ class Cell:
     random_scores: np.ndarray  # (N,) random-vs-random scores, same layer and class
     magnitudes: np.ndarray  # (N,)
     accuracies: np.ndarray  # (N,) held-out CAV accuracy per run
+    cosines: np.ndarray | None = None  # (N,) mean cosine sensitivity per run (None: no full gradient, ONNX flatten)
+    score_p: float | None = None  # exchangeability test: p of the TCAV score (s1)
+    cosine_p: float | None = None  # p of the cosine sensitivity (s2)
+    untested: str | None = None  # why the cell was not tested (e.g. a gradient map over the ONNX budget)
 
     @property
     def learned(self) -> bool:
-        return float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+        return self.untested is None and float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
 
 
 def tcav_scores(sens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +104,13 @@ class Draws:
     randoms: list[data.ImageSet]  # N + 1 disjoint random sets: concept run i is (C, R_i), null run i (R_{i-1}, R_i)
     concept_rows: dict[str, np.ndarray]  # concept -> the rows of its folder used (set_size of them, sorted)
     class_sets: dict[str, data.ImageSet]  # class -> its (subsampled) class images
+    spare: data.ImageSet  # the random pool less R_1..R_N: what pseudo-concepts are drawn from
+
+
+def spare_set(pool: data.ImageSet, paired: list[data.ImageSet], pre: data.Preprocessing, name: str) -> data.ImageSet:
+    """The pool's images in none of the `paired` random sets (R_1..R_N), in pool order."""
+    used = {p for r in paired for p in r.paths}
+    return data.image_set(name, [p for p in pool.paths if p not in used], pre)
 
 
 def draws(check: TcavCheck, ctx: Context) -> Draws:
@@ -116,7 +128,141 @@ def draws(check: TcavCheck, ctx: Context) -> Draws:
         k: subsample(ctx.sets.classes[k], check.class_images, derive_seed(seed, "class", k), ctx.pre)
         for k in check.classes
     }
-    return Draws(seed, randoms, concept_rows, class_sets)
+    spare = spare_set(ctx.sets.random_pool, randoms[1:], ctx.pre, f"{check.id}:spare-random")
+    return Draws(seed, randoms, concept_rows, class_sets, spare)
+
+
+def family_bound(policy) -> int:
+    """Cells of every TCAV check of the audit (Holm's family; cells found not learned later only shrink it)."""
+    return sum(
+        len(layers) * len(c.classes) * (len(c.concepts) + len(c.relative))
+        for c in policy.checks if c.method == "tcav"
+        for layers in check_layers(policy, c).values()
+    )
+
+
+def gradient_rows(ctx: Context, role: str, layer: str, class_set: data.ImageSet, target: int,
+                  space: str) -> np.ndarray | None:
+    """The logit gradient of every class image in the CAV's feature space, (n, D) float64: pooled (summed over
+    positions) or flattened. None for a flattened ONNX layer whose finite-difference map is over budget."""
+    model = ctx.models[role]
+    acts = ctx.store.acts(model, [layer], class_set)[layer]
+    if space == "pooled" or acts.ndim == 2:
+        return np.asarray(ctx.store.pooled_grads(model, layer, class_set, target), np.float64)
+    size = int(np.prod(acts.shape[1:]))
+    if not has_layer_grads(model) and exchangeable.fd_rows(len(acts), size) > exchangeable.MAX_FD_ROWS:
+        return None
+    g = np.asarray(ctx.store.grad_maps(model, [layer], class_set, target)[layer])
+    return g.reshape(len(g), -1).astype(np.float64)
+
+
+def cosines(grads: np.ndarray, sens: np.ndarray) -> np.ndarray:
+    """Mean over images of (g . v) / (|g| |v|) per CAV, from unit CAVs' sensitivities (n, k) -> (k,); an image
+    whose gradient is 0 contributes 0."""
+    norm = np.linalg.norm(grads, axis=1)
+    return np.divide(sens, norm[:, None], out=np.zeros_like(sens), where=norm[:, None] > 0).mean(axis=0)
+
+
+@dataclass(frozen=True)
+class Null:
+    """The pseudo-concepts of one (model, layer, class): each one's mean TCAV score and cosine over the N runs."""
+
+    model: str
+    layer: str
+    cls: str
+    scores: np.ndarray  # (M,)
+    cosines: np.ndarray  # (M,)
+
+
+def pseudo_plan(check, ctx: Context, spare: int) -> tuple[int, bool, np.ndarray]:
+    """(M, capped, rows (M, set_size) of the spare set) for a TCAV check (family: every TCAV cell of the audit)."""
+    m, capped = exchangeable.pseudo_count(check.alpha, family_bound(ctx.policy), check.max_pseudo)
+    seed = derive_seed(ctx.policy.seed, check.id, "pseudo")
+    return m, capped, exchangeable.pseudo_rows(spare, check.set_size, m, seed)
+
+
+def score_sets(
+    sets: list[np.ndarray], random_runs: list[np.ndarray], grads: dict[str, np.ndarray], learner: str, seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Score K sets of n feature rows (each (n, D)) exactly alike: for run i, a CAV against random_runs[i] on the
+    run's shared split, then every class's sensitivities.
+
+    Returns ({class: (N, K) TCAV scores}, {class: magnitudes}, {class: mean cosines}, (N, K) held-out
+    accuracies)."""
+    n = len(sets[0])
+    y = np.concatenate([np.ones(n, int), np.zeros(n, int)])
+    runs = len(random_runs)
+    dim = sets[0].shape[1]
+    scores = {k: np.zeros((runs, len(sets))) for k in grads}
+    mags = {k: np.zeros((runs, len(sets))) for k in grads}
+    coss = {k: np.zeros((runs, len(sets))) for k in grads}
+    acc = np.zeros((runs, len(sets)))
+    for i, fr in enumerate(random_runs):
+        tr, te = exchangeable.run_split(n, derive_seed(seed, "split", str(i + 1)))
+        for part in exchangeable.chunks(len(sets), 2 * n, dim):
+            x = np.stack([np.concatenate([s, fr[:n]]) for s in sets[part]])
+            fitted = exchangeable.fit_batch(x[:, tr], y[tr], x[:, te], y[te], learner,
+                                            derive_seed(seed, "fit", str(i + 1)))
+            acc[i, part] = fitted.accuracies
+            for k, g in grads.items():
+                sens = g @ fitted.vectors.astype(np.float64).T
+                scores[k][i, part], mags[k][i, part] = tcav_scores(sens)
+                coss[k][i, part] = cosines(g, sens)
+    return scores, mags, coss, acc
+
+
+def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[Cell], list[Null], int, bool]:
+    """Cells with both statistics' permutation p-values, and the pseudo-concepts' null of each (model, layer,
+    class). The random-vs-random runs are still trained (the report's random band), never tested against."""
+    names = ctx.policy.data.classes.names
+    n_runs = check.random_sets
+    m, capped, rows = pseudo_plan(check, ctx, len(d.spare))
+    cells: list[Cell] = []
+    nulls: list[Null] = []
+    for role, layers in check_layers(ctx.policy, check).items():
+        model = ctx.models[role]
+        ctx.log(f"tcav {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {n_runs} runs, "
+                f"{m} pseudo-concepts)")
+        random_acts = [ctx.store.acts(model, layers, r) for r in d.randoms]
+        concept_acts = {c: ctx.store.acts(model, layers, ctx.sets.concepts[c]) for c in check.concepts}
+        spare_acts = ctx.store.acts(model, layers, d.spare)
+        for k in check.classes:
+            if has_layer_grads(model):
+                ctx.store.grad_maps(model, layers, d.class_sets[k], names.index(k))
+            ctx.store.acts(model, layers, d.class_sets[k])
+        for layer in layers:
+            feats_r = [features(np.asarray(a[layer]), check.space) for a in random_acts]
+            null_cavs = np.stack([
+                train_cav(feats_r[i - 1], feats_r[i], check.cav, derive_seed(d.seed, "null", str(i))).vector
+                for i in range(1, n_runs + 1)
+            ])
+            grads = {k: gradient_rows(ctx, role, layer, d.class_sets[k], names.index(k), check.space)
+                     for k in check.classes}
+            if any(g is None for g in grads.values()):
+                size = int(np.prod(np.asarray(random_acts[0][layer]).shape[1:]))
+                for k in check.classes:
+                    why = exchangeable.over_budget(len(d.class_sets[k]), size, layer)
+                    cells += [Cell(role, layer, k, c, np.zeros(n_runs), np.zeros(n_runs), np.zeros(n_runs),
+                                   np.zeros(n_runs), untested=why) for c in check.concepts]
+                continue
+            fs = features(np.asarray(spare_acts[layer]), check.space)
+            sets = [features(np.asarray(concept_acts[c][layer])[d.concept_rows[c]], check.space)
+                    for c in check.concepts] + [fs[r] for r in rows]
+            scores, mags, coss, acc = score_sets(sets, feats_r[1:], grads, check.cav, d.seed)
+            nc = len(check.concepts)
+            for k in check.classes:
+                null_scores = (grads[k] @ null_cavs.astype(np.float64).T > 0).mean(axis=0)
+                ps, pc = scores[k][:, nc:].mean(axis=0), coss[k][:, nc:].mean(axis=0)
+                nulls.append(Null(role, layer, k, ps, pc))
+                for j, c in enumerate(check.concepts):
+                    s1, s2 = scores[k][:, j], coss[k][:, j]
+                    cells.append(Cell(
+                        model=role, layer=layer, cls=k, concept=c, scores=s1, random_scores=null_scores,
+                        magnitudes=mags[k][:, j], accuracies=acc[:, j], cosines=s2,
+                        score_p=exchangeable.permutation_p(abs(s1.mean() - 0.5), np.abs(ps - 0.5)),
+                        cosine_p=exchangeable.permutation_p(abs(s2.mean()), np.abs(pc)),
+                    ))
+    return cells, nulls, m, capped
 
 
 def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[str]]]:
@@ -160,6 +306,10 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
                 sens = sensitivities(ctx, role, layer, class_sets[k], names.index(k), all_cavs, check.space)
                 score, magnitude = tcav_scores(sens)
                 random_scores = score[:n_runs]
+                # The cosine sensitivity (s2) beside the score, where the gradient is at hand (pooled, or torch).
+                cheap = check.space == "pooled" or has_layer_grads(model)
+                g = gradient_rows(ctx, role, layer, class_sets[k], names.index(k), check.space) if cheap else None
+                cos = None if g is None else cosines(g, sens)
                 for j, c in enumerate(names_all):
                     cols = slice(n_runs * (j + 1), n_runs * (j + 2))
                     cells.append(
@@ -172,6 +322,7 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
                             random_scores=random_scores,
                             magnitudes=magnitude[cols],
                             accuracies=np.array([v.accuracy for v in concept[c]]),
+                            cosines=None if cos is None else cos[cols],
                         )
                     )
     return cells, layers_by_model
@@ -181,8 +332,13 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def findings(cells: list[Cell]) -> list[dict]:
-    """One finding per cell with its raw Welch p-value; `adjust` then sets p_adjusted and the verdict."""
+STATISTICS = {"score": "TCAV score (s1; centre 0.5)", "cosine": "cosine sensitivity (s2; centre 0)"}
+
+
+def findings(cells: list[Cell], test: str = "welch", statistic: str = "score") -> list[dict]:
+    """One finding per cell with its raw p-value of the deciding test; `adjust` then sets p_adjusted and the
+    verdict. Under `exchangeable` both statistics' permutation p-values are kept (`score_p_value`,
+    `cosine_p_value`) and `p_value` is the one of `statistic`."""
     out = []
     for c in cells:
         row = {
@@ -190,7 +346,7 @@ def findings(cells: list[Cell]) -> list[dict]:
             "layer": c.layer,
             "class": c.cls,
             "concept": c.concept,
-            "cav_accuracy": round(float(c.accuracies.mean()), 6),
+            "cav_accuracy": None if c.untested else round(float(c.accuracies.mean()), 6),
             "learned": c.learned,
             "random_score_mean": round(float(c.random_scores.mean()), 6),
             "random_score_std": round(float(c.random_scores.std()), 6),
@@ -198,15 +354,40 @@ def findings(cells: list[Cell]) -> list[dict]:
             "p_one_sample": None, "significant": False, "verdict": "not learned",
         }
         if c.learned:
-            row.update(
-                score=round(float(c.scores.mean()), 6),
-                score_std=round(float(c.scores.std()), 6),
-                magnitude=round(float(c.magnitudes.mean()), 6),
-                p_value=_finite(stats.welch_t(c.scores, c.random_scores).p_value),
-                p_one_sample=_finite(stats.one_sample_t(c.scores, 0.5).p_value),
-            )
+            row.update(magnitude=round(float(c.magnitudes.mean()), 6))
+        row.update(test_fields(c, test, statistic))
         out.append(row)
     return out
+
+
+def test_fields(c: Cell, test: str, statistic: str) -> dict:
+    """A cell's statistics and its deciding p-value (TCAV and SACV cells alike): `score`, `cosine`, the test;
+    under `exchangeable` both permutation p-values, and `p_value` is the one of `statistic`."""
+    out: dict = {"cosine": None, "test": test}
+    if test == "exchangeable":
+        out.update(statistic=statistic, score_p_value=None, cosine_p_value=None)
+    if c.untested:
+        out.update(verdict="not tested", reason=c.untested)
+    if not c.learned:
+        return out
+    out.update(score=round(float(c.scores.mean()), 6), score_std=round(float(c.scores.std()), 6),
+               cosine=None if c.cosines is None else round(float(c.cosines.mean()), 6))
+    if test == "exchangeable":
+        out.update(score_p_value=c.score_p, cosine_p_value=c.cosine_p,
+                   p_value=c.score_p if statistic == "score" else c.cosine_p)
+    else:
+        out.update(p_value=_finite(stats.welch_t(c.scores, c.random_scores).p_value))
+        if hasattr(c, "magnitudes"):  # TCAV's cells keep the one-sample test beside Welch, as before
+            out.update(p_one_sample=_finite(stats.one_sample_t(c.scores, 0.5).p_value))
+    return out
+
+
+def _above(f: dict) -> bool:
+    """Which side of its null a significant cell lies on: the random-vs-random mean (welch), or the statistic's
+    centre (exchangeable: score 0.5, cosine 0)."""
+    if f.get("test") == "exchangeable":
+        return f["cosine"] > 0 if f.get("statistic") == "cosine" else f["score"] > 0.5
+    return f["score"] > f["random_score_mean"]
 
 
 def adjust(rows: list[dict], p_adjusted: list[float], alpha: float) -> list[dict]:
@@ -217,8 +398,7 @@ def adjust(rows: list[dict], p_adjusted: list[float], alpha: float) -> list[dict
         if f["learned"]:
             p = float(next(values))
             significant = bool(p <= alpha)
-            above = f["score"] > f["random_score_mean"]
-            verdict = ("sensitive" if above else "significant-low") if significant else "not significant"
+            verdict = ("sensitive" if _above(f) else "significant-low") if significant else "not significant"
             f = {**f, "p_adjusted": _finite(p), "significant": significant, "verdict": verdict}
         out.append(f)
     return out
@@ -284,10 +464,11 @@ def evaluate(r: TcavRequirement, rows: list[dict], roles: list[str], classes: li
 
 def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) -> tuple[Status, str]:
     """A concept-score check's status and one-line summary from its evaluated requirements and rows."""
-    not_learned = [f for f in rows if not f["learned"]]
+    not_learned = [f for f in rows if not f["learned"] and f["verdict"] != "not tested"]
+    untested = [f for f in rows if f["verdict"] == "not tested"]
     if any(not q["met"] for q in reqs):
         status = Status.FAIL  # the check's severity, against --fail-on, decides the exit code
-    elif any(q["weak"] for q in reqs) or not_learned:
+    elif any(q["weak"] for q in reqs) or not_learned or untested:
         status = Status.WARN  # weak evidence: some concept is not linearly decodable at some layer
     else:
         status = Status.PASS
@@ -298,11 +479,32 @@ def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) 
         summary = f"{len(sensitive)} of {len(rows)} (model, layer, class, concept) cells significantly sensitive"
     if not_learned:
         summary += f" ({len(not_learned)} cells not learned: {accuracy_words} < {MIN_CAV_ACCURACY})"
+    if untested:
+        summary += f" ({len(untested)} cells not tested: {untested[0]['reason']})"  # the same reason per layer
     return status, summary
 
 
-def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list[str]], family: int) -> CheckResult:
-    """Requirements, status and summary from adjusted rows; `family` is the Holm family's size."""
+def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0, scope: str = "TCAV cell of the audit") -> str:
+    """The test as the report names it beside every p-value."""
+    if test == "exchangeable":
+        return (f"exchangeability test of the {STATISTICS[statistic]} against {pseudo} pseudo-concepts (random-pool "
+                f"sets in the concept's place, scored alike): p = (1 + #{{pseudo-concepts at least as far from the "
+                f"centre}}) / ({pseudo} + 1), Holm-adjusted over {family} tests (every tested {scope})")
+    return (f"Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over {family} tests "
+            f"(every tested {scope})")
+
+
+def null_detail(nulls: list[Null]) -> list[dict]:
+    """The pseudo-concepts' statistics per (model, layer, class), for the report's null-distribution figure."""
+    return [{"model": n.model, "layer": n.layer, "class": n.cls,
+             "scores": [round(float(v), 4) for v in n.scores], "cosines": [round(float(v), 5) for v in n.cosines]}
+            for n in nulls]
+
+
+def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list[str]], family: int,
+             exchange: dict | None = None) -> CheckResult:
+    """Requirements, status and summary from adjusted rows; `family` is the Holm family's size; `exchange` the
+    exchangeability test's details ({"pseudo_concepts", "capped", "spare", "null", "notes"}), if it ran."""
     roles = list(layers_by_model)
     outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
     reqs = [
@@ -320,15 +522,21 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
             "classes": list(check.classes),
             "concepts": list(check.concepts),
             "relative": [list(p) for p in check.relative],
-            "test": "Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over "
-            f"{family} tests (every tested TCAV cell of the audit)",
+            "test": test_words(check.test, family, check.statistic, (exchange or {}).get("pseudo_concepts", 0)),
+            "test_name": check.test,
+            "statistic": check.statistic if check.test == "exchangeable" else "score",
             "family_size": family,
             "min_cav_accuracy": MIN_CAV_ACCURACY,
         },
         "layers": layers_by_model,
         "requirements": reqs,
-        "notes": [],  # the report's Limits box states what TCAV cannot claim
+        # The report's Limits box states what TCAV cannot claim; these are this run's own caveats.
+        "notes": list((exchange or {}).get("notes", [])),
     }
+    if exchange is not None:
+        details["settings"].update(pseudo_concepts=exchange["pseudo_concepts"], spare_images=exchange["spare"],
+                                   max_pseudo=check.max_pseudo)
+        details["null"] = exchange["null"]
     return CheckResult(
         id=check.id,
         method="tcav",
@@ -341,12 +549,43 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
     )
 
 
+def exchange_notes(m: int, capped: bool, cap: int, spare: int, size: int) -> list[str]:
+    notes = []
+    if capped:
+        notes.append(f"WARN: the number of pseudo-concepts is capped at {cap} (max_pseudo): the smallest attainable "
+                     f"p, 1/{m + 1}, is above alpha / (4 x family size), and significance after Holm may be "
+                     "unattainable")
+    warning = exchangeable.spare_warning(spare, size)
+    if warning:
+        notes.append(f"WARN: {warning}")
+    return notes
+
+
 def run(check: TcavCheck, ctx: Context) -> CheckResult:
-    cells, layers_by_model = _cells(check, ctx)
-    rows = findings(cells)
+    layers_by_model = check_layers(ctx.policy, check)
+    exchange = None
+    if check.test == "exchangeable":
+        d = draws(check, ctx)
+        cells, nulls, m, capped = _exchangeable_cells(check, ctx, d)
+        exchange = {"pseudo_concepts": m, "capped": capped, "spare": len(d.spare), "null": null_detail(nulls),
+                    "notes": exchange_notes(m, capped, check.max_pseudo, len(d.spare), check.set_size)}
+    else:
+        cells, layers_by_model = _cells(check, ctx)
+    rows = findings(cells, check.test, check.statistic)
     raw = _tested_p(rows)
     # Holm over this check alone; the pipeline widens the family to every TCAV check of the audit (correct_family).
-    return conclude(check, adjust(rows, list(stats.holm(np.array(raw))), check.alpha), layers_by_model, len(raw))
+    return conclude(check, adjust(rows, list(stats.holm(np.array(raw))), check.alpha), layers_by_model, len(raw),
+                    exchange)
+
+
+def _exchange_of(result: CheckResult) -> dict | None:
+    """The exchangeability details `conclude` put in a result, to carry through the family correction."""
+    d = result.details
+    if "null" not in d:
+        return None
+    s = d["settings"]
+    return {"pseudo_concepts": s["pseudo_concepts"], "spare": s["spare_images"], "null": d["null"],
+            "notes": d.get("notes", [])}
 
 
 def correct_family(checks: list[TcavCheck], results: list[CheckResult]) -> list[CheckResult]:
@@ -363,5 +602,5 @@ def correct_family(checks: list[TcavCheck], results: list[CheckResult]) -> list[
     for i, ps in zip(tcav, raw):
         rows = adjust(results[i].findings, adjusted[start : start + len(ps)], checks[i].alpha)
         start += len(ps)
-        out[i] = conclude(checks[i], rows, results[i].details["layers"], family)
+        out[i] = conclude(checks[i], rows, results[i].details["layers"], family, _exchange_of(results[i]))
     return out

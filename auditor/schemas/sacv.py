@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from auditor.schemas.common import ConceptRequirement, FolderSpec, Severity, Strict
+from auditor.schemas.common import DEFAULT_STATISTIC, ConceptRequirement, FolderSpec, Severity, Strict
 
 
 class SacvCheck(Strict):
@@ -35,4 +35,9 @@ class SacvCheck(Strict):
     map_images: int = Field(default=20, ge=1, le=200)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     top_images: int = Field(default=4, ge=1, le=16)  # class images with map overlays in the report
+    # Significance as TCAV's (METHODS.md): `exchangeable` (default; mean per-position CAVs for the concept and the
+    # pseudo-concepts alike) or `welch` (the paper's, logistic per-position CAVs).
+    test: Literal["exchangeable", "welch"] = "exchangeable"
+    statistic: Literal["score", "cosine"] = DEFAULT_STATISTIC
+    max_pseudo: int = Field(default=2000, ge=19)
     require: list[ConceptRequirement] = []
