@@ -6,19 +6,25 @@ Exit codes: 0 all checks pass · 1 a check failed at or above --fail-on · 2 bad
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
 import shlex
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import click
 
 from auditor.errors import UserError
+
+if TYPE_CHECKING:
+    from auditor.policy import Policy
+    from auditor.results import AuditResult
 
 EXIT_USER = 2
 EXIT_INTERNAL = 3
@@ -38,6 +44,34 @@ def writable_dir(path: Path, option: str) -> None:
             pass
     except OSError as e:
         raise UserError(f"{option} {path}: cannot write there ({e.strerror or type(e).__name__})") from None
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold `out/.auditor.lock` while a run writes into `out`: a second run into the same folder stops at once
+    (exit 2) instead of interleaving its files with the first's. The OS drops the lock when the process dies."""
+    import fcntl
+
+    path = out / ".auditor.lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"--out {out}: another auditor run is writing into it (lock {path}); wait or use another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fresh_assets(out: Path) -> None:
+    """Empty `out/assets` before a report is rendered into `out`: only the render writes there, and figures of
+    checks an earlier run had (and this one has not) must not sit beside the new report."""
+    assets = out / "assets"
+    if assets.is_symlink() or assets.is_file():
+        raise UserError(f"{assets}: is not a folder; remove it (the report writes its figures there)")
+    if assets.is_dir():
+        shutil.rmtree(assets)
 
 
 def _logger(quiet: bool = False) -> Callable[[str], None]:
@@ -87,12 +121,8 @@ def main() -> None:
 def _audit(
     policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None = None
 ) -> int:
-    import dataclasses
-
-    from auditor import pipeline, results
-    from auditor.diff import diff_results
+    from auditor import results
     from auditor.policy import load_policy
-    from auditor.report.render import render_report
 
     log = _logger(quiet)
     policy = load_policy(policy_path)
@@ -101,6 +131,19 @@ def _audit(
     # Before any model runs: an audit that cannot write its report or cache must not run for minutes first.
     writable_dir(out, "--out")
     writable_dir(cache, "--cache-dir")
+    with output_lock(out):
+        return _audit_locked(policy, old, out, cache, fail_on, log)
+
+
+def _audit_locked(
+    policy: "Policy", old: "AuditResult | None", out: Path, cache: Path, fail_on: str, log: Callable[[str], None]
+) -> int:
+    import dataclasses
+
+    from auditor import pipeline, results
+    from auditor.diff import diff_results
+    from auditor.report.render import render_report
+
     errors_log = out / "errors.log"
     errors_log.unlink(missing_ok=True)
     command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -111,6 +154,7 @@ def _audit(
     results_path = out / "results.json"
     results.write(result, results_path)
     log("rendering report")
+    fresh_assets(out)
     rendered = render_report(results_path, out)
     code = pipeline.exit_code(result, fail_on)
     click.echo(f"verdict: {result.verdict}  report: {rendered.pdf}", err=True)
@@ -198,8 +242,10 @@ def render(results_json: Path, out: Path | None) -> None:
     if not results_json.is_file():
         raise UserError(f"results file not found: {results_json}")
     out = out or results_json.parent
-    out.mkdir(parents=True, exist_ok=True)
-    rendered = render_report(results_json, out)
+    writable_dir(out, "--out")
+    with output_lock(out):
+        fresh_assets(out)
+        rendered = render_report(results_json, out)
     click.echo(f"wrote {rendered.pdf}", err=True)
 
 

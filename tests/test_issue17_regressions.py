@@ -373,3 +373,71 @@ def test_case12_layers_of_an_onnx_model_need_no_size(tiny_world):
     code, out, err = cli("layers", str(tiny_world.onnx))
     assert code == 0, err
     assert "input (3, 16, 16)" in out
+
+
+# ----------------------------------------------------------------------------------- 13-14. outputs
+
+
+PROBE_CHECK = """  - id: probe
+    method: artifact_probe
+    artifact: {image: world/concepts/red/0000.png, scale: 0.25}
+    images_per_class: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def two_check_run(tiny_world, tmp_path_factory) -> Path:
+    """A tiny two-check audit (TCAV and the artifact probe) run once through the CLI; returns its folder."""
+    d = tmp_path_factory.mktemp("two-checks")
+    (d / "world").symlink_to(tiny_world.root / "world")
+    shutil.copy(tiny_world.script, d / "tiny.pt")
+    (d / "two.yaml").write_text(tiny_world.policy_text({"candidate": "tiny.pt", "reference": "tiny.pt"},
+                                                        extra_check=PROBE_CHECK))
+    (d / "one.yaml").write_text(_text(tiny_world))
+    code, _o, err = cli("run", str(d / "two.yaml"), "--out", str(d / "out"), "--cache-dir", str(d / "c"), "--quiet")
+    assert code in (0, 1), err
+    return d
+
+
+def test_case13_a_200000_character_title_renders_in_seconds_cut_where_it_repeats(two_check_run, tmp_path):
+    import json
+    import time
+
+    import pypdf
+
+    d = json.loads((two_check_run / "out" / "results.json").read_text())
+    d["title"] = "T" * 100_000 + " " + "long title " * 9_091
+    assert len(d["title"]) >= 200_000
+    (tmp_path / "results.json").write_text(json.dumps(d))
+    start = time.monotonic()
+    code, _o, err = cli("render", str(tmp_path / "results.json"))
+    took = time.monotonic() - start
+    assert code == 0, err
+    assert took < 30, f"render took {took:.0f} s"  # 166 s before: the whole title in every running header
+    first_line = (tmp_path / "summary.md").read_text().splitlines()[0]
+    assert len(first_line) < 200 and first_line.endswith("…")
+    text = pypdf.PdfReader(tmp_path / "report.pdf").pages[0].extract_text()
+    assert "Full title (the first 2,000 of" in text
+
+
+def test_case14_a_later_run_with_fewer_checks_leaves_no_stale_figures(two_check_run):
+    out = two_check_run / "out"
+    assert any("probe" in p.name for p in (out / "assets").iterdir())
+    code, _o, err = cli("run", str(two_check_run / "one.yaml"), "--out", str(out), "--cache-dir",
+                        str(two_check_run / "c"), "--quiet")
+    assert code in (0, 1), err
+    left = sorted(p.name for p in (out / "assets").iterdir())
+    assert left and not any("probe" in name for name in left), left
+
+
+def test_case14_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(two_check_run):
+    import fcntl
+
+    out = two_check_run / "out"
+    with open(out / ".auditor.lock", "a+") as held:  # what a running audit holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _o, err = cli("run", str(two_check_run / "one.yaml"), "--out", str(out), "--cache-dir",
+                            str(two_check_run / "c"))
+        assert code == 2 and "another auditor run is writing into it" in err and "loading models" not in err
+        code, _o, err = cli("render", str(out / "results.json"))
+        assert code == 2 and "another auditor run" in err

@@ -1074,8 +1074,19 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=fmt_num, pval=fmt_p, value=fmt_value, slug=_slug, wbr=break_at_underscores)
+    env.filters.update(num=fmt_num, pval=fmt_p, value=fmt_value, slug=_slug, wbr=break_at_underscores, clip=clip)
     return env
+
+
+# Free text (a title, a description) longer than this is cut where it repeats (running headers, the summary, CI
+# outputs) and shown whole once: a 200,000-character title on every page made WeasyPrint lay out for minutes.
+CLIP = 160
+
+
+def clip(text: str, limit: int = CLIP) -> str:
+    """`text` on one line, at most `limit` characters (cut with an ellipsis)."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1].rstrip() + "…"
 
 
 def _verdict_summary(result: AuditResult) -> dict[str, Any]:
@@ -1401,8 +1412,8 @@ def junit_xml(result: AuditResult) -> bytes:
         "tests": str(len(result.checks)), "failures": str(count[Status.FAIL]),
         "errors": str(count[Status.ERROR]), "skipped": str(count[Status.SKIPPED]),
     }
-    root = ET.Element("testsuites", {"name": _xml_text(result.title), **totals})
-    suite = ET.SubElement(root, "testsuite", {"name": _xml_text(result.title), **totals})
+    root = ET.Element("testsuites", {"name": _xml_text(clip(result.title)), **totals})
+    suite = ET.SubElement(root, "testsuite", {"name": _xml_text(clip(result.title)), **totals})
     props = ET.SubElement(suite, "properties")
     for name, value in (
         ("verdict", result.verdict), ("created", result.provenance.created),
@@ -1439,7 +1450,7 @@ def summary_markdown(result: AuditResult) -> str:
     prov = result.provenance
     icon = _STATUS_ICON[Status.PASS] if verdict["word"] == "PASS" else _STATUS_ICON[Status.FAIL]
     lines = [
-        f"## {_md(result.title)}",
+        f"## {_md(clip(result.title))}",
         "",
         f"{icon} **Verdict: {_md(verdict['word'])}** — {_md(verdict['text'])}.",
         "",
