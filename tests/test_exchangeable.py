@@ -190,3 +190,42 @@ def test_validate_refuses_a_concept_smaller_than_set_size(tiny_world, tmp_path):
     with pytest.raises(PolicyError) as e:
         pipeline.prepare(policy, tmp_path / "cache", lambda _m: None)
     assert "concept 'red' has 14 images" in str(e.value)
+
+
+def test_relative_cells_are_tested_against_pseudo_pairs(tiny_world, tmp_path):
+    """A vs B against M pairs of disjoint pseudo-concepts, every pair scored like (A, B): the same per-run subsample
+    of each side, split and learner (slow reference: fit_cav and loops)."""
+    check = TCAV_MEAN + "    relative: [[red, blue]]\n"
+    policy = load_policy(_policy(tiny_world, tmp_path, check, {"candidate": str(tiny_world.script)}))
+    check = policy.checks[0]
+    ctx = pipeline.prepare(policy, tmp_path / "cache", lambda _m: None)
+    result = tcav.run(check, ctx)
+    d = tcav.draws(check, ctx)
+    m, _capped, _rows = tcav.pseudo_plan(check, ctx, len(d.spare))
+    pair_rows = exchangeable.pseudo_rows(len(d.spare), 24, m, derive_seed(d.seed, "pseudo-pairs"))
+    net = tinynet.tiny(0)
+    layer = policy.layers["candidate"][0]
+    acts = lambda s: features(tinynet.eager_layer_grad(net, layer, data.load(s, ctx.pre), 0)[0], "pooled")  # noqa: E731
+    spare = acts(d.spare)
+    _a, g = tinynet.eager_layer_grad(net, layer, data.load(d.class_sets["a"], ctx.pre), 0)
+    g = g.sum(axis=(2, 3)).astype(np.float64)
+    k = int(tcav.RELATIVE_SUBSAMPLE * 12)
+
+    def score(fa, fb):
+        out = []
+        for i in range(1, check.random_sets + 1):
+            rng = np.random.default_rng(derive_seed(d.seed, "relative-run", str(i)))
+            ia, ib = np.sort(rng.permutation(12)[:k]), np.sort(rng.permutation(12)[:k])
+            tr, te = exchangeable.run_split(k, derive_seed(derive_seed(d.seed, "relative"), "split", str(i)))
+            x, y = np.concatenate([fa[ia], fb[ib]]), np.r_[np.ones(k, int), np.zeros(k, int)]
+            v = fit_cav(x[tr], y[tr], x[te], y[te], "mean", 0).vector.astype(np.float64)
+            out.append(np.mean([float(gi @ v) > 0 for gi in g]))
+        return np.mean(out)
+
+    fa, fb = (acts(ctx.sets.concepts[c])[d.concept_rows[c]] for c in ("red", "blue"))
+    s = score(fa, fb)
+    null = [score(spare[r[:12]], spare[r[12:]]) for r in pair_rows]
+    p = (1 + sum(abs(v - 0.5) >= abs(s - 0.5) - 1e-12 for v in null)) / (m + 1)
+    f = next(f for f in result.findings if f["layer"] == layer and f["concept"] == "red vs blue")
+    assert f["learned"] and f["score"] == pytest.approx(s) and f["score_p_value"] == pytest.approx(p)
+    assert {n["kind"] for n in result.details["null"]} == {"concept", "relative"}

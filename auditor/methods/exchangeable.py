@@ -176,8 +176,9 @@ def spare_warning(spare: int, size: int) -> str | None:
 
 def size_problems(check, where: str, pool: int | None, concepts: dict[str, int]) -> list[str]:
     """What the policy's sets lack for a check's exchangeability test (one line each, with the fix): a spare pool
-    of MIN_SPARE_SETS sets beyond the N paired random sets, and concept folders of `set_size` (a pseudo-concept
-    has `set_size` images: a smaller concept set would not be exchangeable with it)."""
+    of MIN_SPARE_SETS sets beyond the N paired random sets (a pseudo-pair of relative TCAV takes two disjoint
+    sets of it), and concept folders of `set_size` (a pseudo-concept has `set_size` images: a smaller concept set
+    would not be exchangeable with it)."""
     if getattr(check, "test", None) != "exchangeable":
         return []
     out = []
@@ -191,7 +192,4 @@ def size_problems(check, where: str, pool: int | None, concepts: dict[str, int])
         if c in concepts and concepts[c] < check.set_size:
             out.append(f"{where}: concept {c!r} has {concepts[c]} images; test exchangeable compares it with "
                        f"pseudo-concepts of set_size {check.set_size}: add images or lower set_size")
-    if getattr(check, "relative", None):
-        out.append(f"{where}.relative: relative pairs are tested with test: welch only (the exchangeability test "
-                   "has no pseudo-pairs); set test: welch for this check")
     return out

@@ -10,6 +10,7 @@ once per (model, layer, class) and every CAV's sensitivities are one matrix prod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -172,6 +173,7 @@ class Null:
     cls: str
     scores: np.ndarray  # (M,)
     cosines: np.ndarray  # (M,)
+    kind: str = "concept"  # "relative": pseudo-pairs, the null of the check's relative cells (A vs B)
 
 
 def pseudo_plan(check, ctx: Context, spare: int) -> tuple[int, bool, np.ndarray]:
@@ -181,34 +183,62 @@ def pseudo_plan(check, ctx: Context, spare: int) -> tuple[int, bool, np.ndarray]
     return m, capped, exchangeable.pseudo_rows(spare, check.set_size, m, seed)
 
 
-def score_sets(
-    sets: list[np.ndarray], random_runs: list[np.ndarray], grads: dict[str, np.ndarray], learner: str, seed: int,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Score K sets of n feature rows (each (n, D)) exactly alike: for run i, a CAV against random_runs[i] on the
-    run's shared split, then every class's sensitivities.
+Scored = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
 
-    Returns ({class: (N, K) TCAV scores}, {class: magnitudes}, {class: mean cosines}, (N, K) held-out
-    accuracies)."""
-    n = len(sets[0])
+
+def _fit_and_score(x: np.ndarray, n: int, seed: int, grads: dict[str, np.ndarray], learner: str) -> Scored:
+    """CAVs of the problems x (b, 2n, D) (rows < n: label 1) on the run's split, and every class's statistics:
+    ({class: (b,) TCAV score}, {class: magnitude}, {class: mean cosine}, (b,) held-out accuracy)."""
     y = np.concatenate([np.ones(n, int), np.zeros(n, int)])
-    runs = len(random_runs)
-    dim = sets[0].shape[1]
-    scores = {k: np.zeros((runs, len(sets))) for k in grads}
-    mags = {k: np.zeros((runs, len(sets))) for k in grads}
-    coss = {k: np.zeros((runs, len(sets))) for k in grads}
-    acc = np.zeros((runs, len(sets)))
-    for i, fr in enumerate(random_runs):
-        tr, te = exchangeable.run_split(n, derive_seed(seed, "split", str(i + 1)))
-        for part in exchangeable.chunks(len(sets), 2 * n, dim):
-            x = np.stack([np.concatenate([s, fr[:n]]) for s in sets[part]])
-            fitted = exchangeable.fit_batch(x[:, tr], y[tr], x[:, te], y[te], learner,
-                                            derive_seed(seed, "fit", str(i + 1)))
-            acc[i, part] = fitted.accuracies
-            for k, g in grads.items():
-                sens = g @ fitted.vectors.astype(np.float64).T
-                scores[k][i, part], mags[k][i, part] = tcav_scores(sens)
-                coss[k][i, part] = cosines(g, sens)
-    return scores, mags, coss, acc
+    tr, te = exchangeable.run_split(n, seed)
+    fitted = exchangeable.fit_batch(x[:, tr], y[tr], x[:, te], y[te], learner, seed)
+    scores, mags, coss = {}, {}, {}
+    for k, g in grads.items():
+        sens = g @ fitted.vectors.astype(np.float64).T
+        scores[k], mags[k] = tcav_scores(sens)
+        coss[k] = cosines(g, sens)
+    return scores, mags, coss, fitted.accuracies
+
+
+def score_runs(problems: Callable[[int, slice], np.ndarray], count: int, n: int, dim: int, runs: int,
+               grads: dict[str, np.ndarray], learner: str, seed: int) -> Scored:
+    """Score `count` problems over `runs` runs exactly alike: problems(i, part) gives run i's (b, 2n, D) rows of
+    the problems in `part`; each run has one split and one fit seed for all. Returns (N, count) arrays."""
+    out = ({k: np.zeros((runs, count)) for k in grads}, {k: np.zeros((runs, count)) for k in grads},
+           {k: np.zeros((runs, count)) for k in grads}, np.zeros((runs, count)))
+    for i in range(runs):
+        for part in exchangeable.chunks(count, 2 * n, dim):
+            got = _fit_and_score(problems(i, part), n, derive_seed(seed, "split", str(i + 1)), grads, learner)
+            for whole, piece in zip(out[:3], got[:3]):
+                for k in grads:
+                    whole[k][i, part] = piece[k]
+            out[3][i, part] = got[3]
+    return out
+
+
+def score_sets(sets: list[np.ndarray], random_runs: list[np.ndarray], grads: dict[str, np.ndarray], learner: str,
+               seed: int) -> Scored:
+    """Concepts and pseudo-concepts (each (n, D)): run i is each set against random_runs[i]."""
+    n = len(sets[0])
+    return score_runs(lambda i, part: np.stack([np.concatenate([s, random_runs[i][:n]]) for s in sets[part]]),
+                      len(sets), n, sets[0].shape[1], len(random_runs), grads, learner, seed)
+
+
+def score_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], runs: int, grads: dict[str, np.ndarray], learner: str,
+                seed: int) -> Scored:
+    """Relative cells (A vs B) and pseudo-pairs alike: run i is each A against its B, both cut to the same seeded
+    RELATIVE_SUBSAMPLE of their rows (the runs differ as `relative_cavs`'s do)."""
+    n = len(pairs[0][0])
+    k = max(2, int(RELATIVE_SUBSAMPLE * n))
+    rngs = [np.random.default_rng(derive_seed(seed, "relative-run", str(i + 1))) for i in range(runs)]
+    picks = [(np.sort(r.permutation(n)[:k]), np.sort(r.permutation(n)[:k])) for r in rngs]
+
+    def problems(i: int, part: slice) -> np.ndarray:
+        ia, ib = picks[i]
+        return np.stack([np.concatenate([a[ia], b[ib]]) for a, b in pairs[part]])
+
+    return score_runs(problems, len(pairs), k, pairs[0][0].shape[1], runs, grads, learner,
+                      derive_seed(seed, "relative"))
 
 
 def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[Cell], list[Null], int, bool]:
@@ -217,6 +247,9 @@ def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[
     names = ctx.policy.data.classes.names
     n_runs = check.random_sets
     m, capped, rows = pseudo_plan(check, ctx, len(d.spare))
+    half = check.set_size
+    pair_rows = (exchangeable.pseudo_rows(len(d.spare), 2 * half, m, derive_seed(d.seed, "pseudo-pairs"))
+                 if check.relative else [])
     cells: list[Cell] = []
     nulls: list[Null] = []
     for role, layers in check_layers(ctx.policy, check).items():
@@ -243,25 +276,32 @@ def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[
                 for k in check.classes:
                     why = exchangeable.over_budget(len(d.class_sets[k]), size, layer)
                     cells += [Cell(role, layer, k, c, np.zeros(n_runs), np.zeros(n_runs), np.zeros(n_runs),
-                                   np.zeros(n_runs), untested=why) for c in check.concepts]
+                                   np.zeros(n_runs), untested=why)
+                              for c in [*check.concepts, *(relative_name(a, b) for a, b in check.relative)]]
                 continue
             fs = features(np.asarray(spare_acts[layer]), check.space)
             sets = [features(np.asarray(concept_acts[c][layer])[d.concept_rows[c]], check.space)
                     for c in check.concepts] + [fs[r] for r in rows]
-            scores, mags, coss, acc = score_sets(sets, feats_r[1:], grads, check.cav, d.seed)
-            nc = len(check.concepts)
+            groups = [("concept", list(check.concepts), score_sets(sets, feats_r[1:], grads, check.cav, d.seed))]
+            if check.relative:  # relative cells against pseudo-pairs: two disjoint pseudo-concepts each
+                fc = {c: sets[j] for j, c in enumerate(check.concepts)}
+                pairs = [(fc[a], fc[b]) for a, b in check.relative] + [(fs[r[:half]], fs[r[half:]]) for r in pair_rows]
+                groups.append(("relative", [relative_name(a, b) for a, b in check.relative],
+                               score_pairs(pairs, n_runs, grads, check.cav, d.seed)))
             for k in check.classes:
                 null_scores = (grads[k] @ null_cavs.astype(np.float64).T > 0).mean(axis=0)
-                ps, pc = scores[k][:, nc:].mean(axis=0), coss[k][:, nc:].mean(axis=0)
-                nulls.append(Null(role, layer, k, ps, pc))
-                for j, c in enumerate(check.concepts):
-                    s1, s2 = scores[k][:, j], coss[k][:, j]
-                    cells.append(Cell(
-                        model=role, layer=layer, cls=k, concept=c, scores=s1, random_scores=null_scores,
-                        magnitudes=mags[k][:, j], accuracies=acc[:, j], cosines=s2,
-                        score_p=exchangeable.permutation_p(abs(s1.mean() - 0.5), np.abs(ps - 0.5)),
-                        cosine_p=exchangeable.permutation_p(abs(s2.mean()), np.abs(pc)),
-                    ))
+                for kind, names_, (scores, mags, coss, acc) in groups:
+                    nc = len(names_)
+                    ps, pc = scores[k][:, nc:].mean(axis=0), coss[k][:, nc:].mean(axis=0)
+                    nulls.append(Null(role, layer, k, ps, pc, kind))
+                    for j, c in enumerate(names_):
+                        s1, s2 = scores[k][:, j], coss[k][:, j]
+                        cells.append(Cell(
+                            model=role, layer=layer, cls=k, concept=c, scores=s1, random_scores=null_scores,
+                            magnitudes=mags[k][:, j], accuracies=acc[:, j], cosines=s2,
+                            score_p=exchangeable.permutation_p(abs(s1.mean() - 0.5), np.abs(ps - 0.5)),
+                            cosine_p=exchangeable.permutation_p(abs(s2.mean()), np.abs(pc)),
+                        ))
     return cells, nulls, m, capped
 
 
@@ -496,7 +536,7 @@ def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0
 
 def null_detail(nulls: list[Null]) -> list[dict]:
     """The pseudo-concepts' statistics per (model, layer, class), for the report's null-distribution figure."""
-    return [{"model": n.model, "layer": n.layer, "class": n.cls,
+    return [{"model": n.model, "layer": n.layer, "class": n.cls, "kind": n.kind,
              "scores": [round(float(v), 4) for v in n.scores], "cosines": [round(float(v), 5) for v in n.cosines]}
             for n in nulls]
 

@@ -40,6 +40,7 @@ from auditor import __version__, results
 from auditor.errors import UserError
 from auditor.report import figures
 from auditor.report.section_invert import invert_section
+from auditor.report.section_null import null_figure
 from auditor.report.section_rsvc import rsvc_section
 from auditor.results import AuditResult, CheckResult, Status
 
@@ -402,6 +403,15 @@ class _TcavRow:
     random_mean: float | None
     random_std: float | None
     verdict: str
+    other: str | None = None  # exchangeable: the other statistic and its raw p, as the cell prints it
+
+
+def _other_statistic(finding: Any) -> str | None:
+    if finding.get("test") != "exchangeable" or not finding.get("learned"):
+        return None
+    if finding.get("statistic") == "cosine":
+        return f"score {fmt_num(finding.get('score'))} (p {fmt_p(finding.get('score_p_value'))})"
+    return f"cosine {fmt_num(finding.get('cosine'), 3)} (p {fmt_p(finding.get('cosine_p_value'))})"
 
 
 def _tcav_row(finding: Any, where: str) -> _TcavRow:
@@ -422,6 +432,7 @@ def _tcav_row(finding: Any, where: str) -> _TcavRow:
         random_mean=finding.get("random_score_mean"),
         random_std=finding.get("random_score_std"),
         verdict=str(finding["verdict"]),
+        other=_other_statistic(finding),
     )
 
 
@@ -499,6 +510,9 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
             f"{fmt_value(settings['random_sets'])} random sets. The numbers are in the table below."
         ),
     ),)
+    null = null_figure(details, check.findings, ctx, concepts)
+    if null is not None:
+        figs += (FigureRef(src=null[0], alt=null[1], caption=null[2]),)
 
     requirements = _requirements(details, where)
     # The settings (learner, space, set sizes, test, α) are stated in "What was tested and why"; no table repeats them.
@@ -540,6 +554,8 @@ def _tcav_cell(r: _TcavRow | None, random_in_cell: bool, accuracy_in_cell: bool)
         if r.significant:
             head += " " + _TCAV_MARKS.get(r.verdict, f"★ {r.verdict}")
         lines = [head, f"p {fmt_p(r.p_value)} · adj. {fmt_p(r.p_adjusted)}"]
+        if r.other is not None:  # exchangeable: the statistic that did not decide, with its raw p
+            lines.append(r.other)
     else:
         # Not learned: the CAV accuracy that says so is in the accuracy row (or the cell's last line).
         lines = [r.verdict if r.verdict == "not learned" else f"{r.verdict}: no score"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from auditor.report import figures, figures_sacv
+from auditor.report.section_null import null_figure
 from auditor.report.render import (
     DEFAULT_MIN_CAV_ACCURACY,
     STABILITY_NOTE,
@@ -91,6 +92,10 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
             ),
         ))
 
+    null = null_figure(details, rows, ctx, list(dict.fromkeys(str(p[1]) for p in pairs)))
+    if null is not None:
+        figs.append(FigureRef(src=null[0], alt=null[1], caption=null[2]))
+
     maps = details.get("maps") or []
     thumbs = {(t.get("model"), t.get("class")): list(t.get("images_png") or []) for t in details.get("thumbnails") or []}
     for pi, (cls, concept) in enumerate(pairs):
@@ -139,6 +144,7 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
             "score": fmt_pm(f.get("score"), f.get("score_std")),
             "random": fmt_pm(f.get("random_score_mean"), f.get("random_score_std")),
             "p_adj": fmt_p(f.get("p_adjusted")), "cav_acc": fmt_num(f.get("cav_accuracy")),
+            "cosine": fmt_num(f.get("cosine"), 3), "p_raw": fmt_p(f.get("p_value")),
             "inside": fmt_share(f.get("inside_mask_share")), "verdict": str(f["verdict"]),
             "verdict_class": _slug(str(f["verdict"])), "new_model": False,
         }
@@ -162,8 +168,15 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
                 ("Class images with maps", fmt_value(settings["map_images"])),
                 ("Concept masks", "yes" if settings.get("concept_masks") else "no (every position of a concept image)"),
                 ("Significance level α", fmt_value(settings["alpha"])),
+                ("CAVs", "difference of means (FastCAV), for the concept and the pseudo-concepts alike"
+                 if settings.get("cav") == "mean" else "logistic regression per position"),
                 ("Test", fmt_value(settings["test"])),
-            ],
+                ("Family size (Holm)", fmt_value(settings.get("family_size"))),
+            ] + ([("Pseudo-concepts", f"{fmt_value(settings.get('pseudo_concepts'))} (from "
+                   f"{fmt_value(settings.get('spare_images'))} spare random images)"),
+                  ("Deciding statistic", str(settings.get("statistic")))]
+                 if settings.get("test_name") == "exchangeable" else []),
+            "exchangeable": settings.get("test_name") == "exchangeable",
             "threshold": f"{threshold:g}",
             "masks": bool(settings.get("masks")),
             "table": table,
