@@ -75,6 +75,7 @@ def _probe_models(policy: Policy, models: dict[str, Model], problems: list[str])
     against the number of logits. A model that does not run is dropped from `models` (its layers go unchecked)."""
     shape = (3, *policy.image_size)
     names = policy.data.classes.names
+    logit_counts: dict[int, list[str]] = {}
     for role in list(models):
         spec = policy.models[role]
         where = f"models.{role}"
@@ -93,19 +94,20 @@ def _probe_models(policy: Policy, models: dict[str, Model], problems: list[str])
             problems.append(f"{where}: {source} gives output of shape {tuple(logits.shape)} for one image; expected logits (1, K)")
             del models[role]
             continue
-        k = logits.shape[1]
-        if np.isnan(logits).all() and k == 1:
-            continue  # NaN logits (shape unknown here): the checks report the model
+        if np.isnan(logits).all() and logits.shape[1] == 1:
+            continue  # NaN logits (see `_forward`): the checks report the model where it is used
+        logit_counts.setdefault(logits.shape[1], []).append(role)
+    # One line per logit count, naming every model that has it (two copies of one model are one mistake).
+    for k, roles in logit_counts.items():
+        who = " and ".join(f"{r!r} ({policy.models[r].path or policy.models[r].factory})" for r in roles)
+        models_have = f"model{'s' if len(roles) > 1 else ''} {who} ha{'ve' if len(roles) > 1 else 's'} {k} logits"
         if names.complete and len(names) != k:
             problems.append(
-                f"data.classes.names: {len(names)} names, but model {role!r} ({source}) has {k} logits; give one name "
-                "per logit in order, or a mapping {logit: name} of the classes to audit (e.g. {285: egyptian_cat})"
+                f"data.classes.names: {len(names)} names, but {models_have}; give one name per logit in order, or a "
+                "mapping {logit: name} of the classes to audit (e.g. {285: egyptian_cat})"
             )
         elif not names.complete and max(names.logits) >= k:
-            problems.append(
-                f"data.classes.names: logit {max(names.logits)} is named, but model {role!r} ({source}) has {k} logits "
-                f"(0..{k - 1})"
-            )
+            problems.append(f"data.classes.names: logit {max(names.logits)} is named, but {models_have} (0..{k - 1})")
 
 
 def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str]) -> None:

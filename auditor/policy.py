@@ -58,6 +58,8 @@ def _size(value: Any) -> int | tuple[int, int]:
 
 
 class PreprocessingSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # `mean: [.nan, ...]` is a mistake
+
     size: Annotated[int | tuple[int, int], BeforeValidator(_size)] = 224  # (H, W) or one side for a square
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -114,6 +116,8 @@ def _class_names(value: Any) -> ClassNames:
         for k, v in value.items():
             if isinstance(k, bool) or not isinstance(k, int) and not (isinstance(k, str) and k.isdigit()):
                 raise ValueError(f"key {k!r} is not a logit index (a whole number >= 0)")
+            if int(k) < 0:
+                raise ValueError(f"logit {int(k)} is negative; logits are numbered from 0")
             if int(k) in by_logit:
                 raise ValueError(f"logit {int(k)} is named twice")
             by_logit[int(k)] = v
