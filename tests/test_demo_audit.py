@@ -121,3 +121,25 @@ def test_sacv_puts_the_candidates_watermark_in_its_corner(demo_out):
                           "inside_mask_share"}
         if f["concept"] in ("striped", "dotted"):
             assert f["inside_mask_share"] > area, (f["model"], f["layer"], f["concept"], f["inside_mask_share"], area)
+
+
+def _concept_checks_at(out: Path, seed: int, tmp: Path) -> dict:
+    """{(method, model, layer, class, concept): (learned, significant)} of the demo's TCAV and SACV checks run
+    with policy seed `seed` (other random sets, splits and pseudo-concepts; the same models and folders)."""
+    policy = yaml.safe_load((out / "policy.yaml").read_text())
+    policy["seed"] = seed
+    policy["checks"] = [c for c in policy["checks"] if c["method"] in ("tcav", "sacv")]
+    path = out / f"policy-seed{seed}.yaml"  # beside the demo's own: its relative paths stay valid
+    path.write_text(yaml.safe_dump(policy))
+    result = pipeline.run_audit(load_policy(path), tmp / "cache", lambda _m: None).result
+    return {(c.method, f["model"], f["layer"], f["class"], f["concept"]): (f["learned"], f["significant"])
+            for c in result.checks for f in c.findings}
+
+
+@pytest.mark.slow
+def test_tcav_and_sacv_verdicts_survive_another_seed(demo_out, tmp_path):
+    """METHODS.md, TCAV item 4: the exchangeability test's verdicts do not move with the random draws."""
+    at0, at1 = _concept_checks_at(demo_out, 0, tmp_path), _concept_checks_at(demo_out, 1, tmp_path)
+    assert at0.keys() == at1.keys() and len(at0) == 24
+    changed = {k: (at0[k], at1[k]) for k in at0 if at0[k][1] != at1[k][1]}
+    assert not changed, changed

@@ -72,8 +72,8 @@ def _slow_tcav(policy, check, net):
 @pytest.mark.parametrize("space", ["pooled", "flatten"])
 def test_tcav_matches_slow_per_image_reference(tiny_world, tmp_path, space):
     text = tiny_world.policy_text({"candidate": str(tiny_world.script)}).replace(
-        "    set_size: 12\n", f"    set_size: 12\n    space: {space}\n    relative: [[red, blue]]\n"
-    )
+        "    set_size: 12\n", f"    set_size: 12\n    space: {space}\n    relative: [[red, blue]]\n    test: welch\n"
+    )  # the paper's procedure (the exchangeability test has its own reference: test_exchangeable.py)
     (tmp_path / "world").symlink_to(tiny_world.root / "world")
     (tmp_path / "p.yaml").write_text(text)
     policy = load_policy(tmp_path / "p.yaml")

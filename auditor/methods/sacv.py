@@ -44,7 +44,7 @@ from auditor.errors import UserError
 from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav, fit_cav
 from auditor.methods.tcav import (
-    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, null_detail, requirement_text, status_and_summary, test_fields,
+    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, is_tested, null_detail, requirement_text, status_and_summary, test_fields,
     test_words,
 )
 from auditor.methods.tcav import adjust as tcav_adjust
@@ -86,7 +86,11 @@ class SpatialCell:
 
     @property
     def learned(self) -> bool:
-        return self.untested is None and float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+        return float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+
+    @property
+    def tested(self) -> bool:
+        return self.learned and self.untested is None
 
 
 # ----------------------------------------------------------------------------------------------- the method
@@ -509,17 +513,14 @@ def _class_cells(
         acts = np.asarray(class_acts[layer])
         grid = acts.shape[2:]
         pseudo = runs[layer].pseudo
+        untested = None
+        size = int(np.prod(acts.shape[1:]))
+        if pseudo is not None and grad_maps is None and exchangeable.fd_rows(len(acts), size) > exchangeable.MAX_FD_ROWS:
+            # Scores and maps as under Welch (directional finite differences along the concept's own CAVs), no test.
+            untested, pseudo = exchangeable.over_budget(len(acts), size, layer), None
         if grad_maps is not None:
             grads = np.asarray(grad_maps[layer])
         elif pseudo is not None:  # the test needs the full map: ONNX finite differences, within the budget
-            size = int(np.prod(acts.shape[1:]))
-            if exchangeable.fd_rows(len(acts), size) > exchangeable.MAX_FD_ROWS:
-                why = exchangeable.over_budget(len(acts), size, layer)
-                empty = np.zeros((0, *grid), np.float32)
-                cells += [SpatialCell(role, layer, cls, c, np.zeros(n_runs), np.zeros(n_runs), np.zeros(n_runs),
-                                      empty, empty, None, untested=why) for c in check.concepts]
-                overlays += [None] * len(check.concepts)
-                continue
             grads = np.asarray(ctx.store.grad_maps(model, [layer], class_set, target)[layer])
         elif hasattr(model.head(layer), "directional_per_image"):
             grads = None  # finite differences along SACV's own directions (ONNX)
@@ -556,7 +557,7 @@ def _class_cells(
                 model=role, layer=layer, cls=cls, concept=c, scores=score[cols], random_scores=score[:n_runs],
                 accuracies=np.array([v.accuracy for v in runs[layer].concept[c]]), contribution=m, relevance=r,
                 inside_share=None if inside is None else inside_share(m, inside),
-                cosines=None if cosine is None else cosine[cols], **test,
+                cosines=None if cosine is None else cosine[cols], untested=untested, **test,
             ))
             overlays.append(_Overlay(
                 model=role, layer=layer, cls=cls, concept=c,
@@ -585,7 +586,7 @@ def _check_conv(check: SacvCheck, ctx: Context, role: str, layers: list[str]) ->
 
 def _cells(
     check: SacvCheck, ctx: Context,
-) -> tuple[list[SpatialCell], list[_Overlay | None], dict[str, list[str]], dict | None]:
+) -> tuple[list[SpatialCell], list[_Overlay], dict[str, list[str]], dict | None]:
     seed = derive_seed(ctx.policy.seed, check.id)
     assert ctx.sets.random_pool is not None
     # As in TCAV: N + 1 disjoint random sets (concept run i is (C, R_i), null run i is (R_{i-1}, R_i)) and
@@ -642,8 +643,9 @@ def findings(cells: list[SpatialCell], test: str = "welch", statistic: str = "sc
             "score_std": None,
             "random_score_mean": round(float(c.random_scores.mean()), 6),
             "random_score_std": round(float(c.random_scores.std()), 6),
-            "cav_accuracy": None if c.untested else round(float(c.accuracies.mean()), 6),
+            "cav_accuracy": round(float(c.accuracies.mean()), 6),
             "learned": c.learned,
+            "tested": c.tested,
             "verdict": "not learned",
         }
         row.update(test_fields(c, test, statistic))
@@ -653,7 +655,7 @@ def findings(cells: list[SpatialCell], test: str = "welch", statistic: str = "sc
 
 def adjust(rows: list[dict], alpha: float) -> tuple[list[dict], int]:
     """Holm over the check's tested cells (a p-value scipy could not compute counts as 1)."""
-    raw = np.array([1.0 if f["p_value"] is None else f["p_value"] for f in rows if f["learned"]])
+    raw = np.array([1.0 if f["p_value"] is None else f["p_value"] for f in rows if is_tested(f)])
     adjusted = stats.holm(raw) if len(raw) else np.array([])
     return tcav_adjust(rows, list(adjusted), alpha), len(raw)
 
@@ -664,8 +666,6 @@ def _maps_detail(cells: list[SpatialCell], overlays: list[_Overlay]) -> tuple[li
     concept). Map values keep 4 significant digits (overlays 3): figures, not measurements."""
     maps, thumbnails, seen = [], [], set()
     for c, o in zip(cells, overlays):
-        if o is None:  # an untested cell has no maps
-            continue
         if (c.model, c.cls) not in seen:
             seen.add((c.model, c.cls))
             thumbnails.append({"model": c.model, "class": c.cls, "images_png": list(o.images), "logits": o.logits})
@@ -699,7 +699,8 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
             "masks": _masks_root(check, ctx.policy) is not None,
             "concept_masks": check.concept_masks is not None,
             "test": test_words(check.test, family, check.statistic, (plan or {}).get("pseudo_concepts", 0),
-                               "cell of this check").replace("scores", "spatial scores"),
+                               "cell of this check").replace("TCAV score", "spatial TCAV score")
+                                                    .replace("scores", "spatial scores"),
             "test_name": check.test, "statistic": check.statistic if plan else "score",
             "cav": cav_learner(check),
             "family_size": family, "min_cav_accuracy": MIN_CAV_ACCURACY,

@@ -44,7 +44,11 @@ class Cell:
 
     @property
     def learned(self) -> bool:
-        return self.untested is None and float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+        return float(self.accuracies.mean()) >= MIN_CAV_ACCURACY
+
+    @property
+    def tested(self) -> bool:
+        return self.learned and self.untested is None
 
 
 def tcav_scores(sens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -388,6 +392,7 @@ def findings(cells: list[Cell], test: str = "welch", statistic: str = "score") -
             "concept": c.concept,
             "cav_accuracy": None if c.untested else round(float(c.accuracies.mean()), 6),
             "learned": c.learned,
+            "tested": c.tested,
             "random_score_mean": round(float(c.random_scores.mean()), 6),
             "random_score_std": round(float(c.random_scores.std()), 6),
             "score": None, "score_std": None, "magnitude": None, "p_value": None, "p_adjusted": None,
@@ -412,6 +417,8 @@ def test_fields(c: Cell, test: str, statistic: str) -> dict:
         return out
     out.update(score=round(float(c.scores.mean()), 6), score_std=round(float(c.scores.std()), 6),
                cosine=None if c.cosines is None else round(float(c.cosines.mean()), 6))
+    if not c.tested:  # learned, with its scores, but no test (see `untested`)
+        return out
     if test == "exchangeable":
         out.update(score_p_value=c.score_p, cosine_p_value=c.cosine_p,
                    p_value=c.score_p if statistic == "score" else c.cosine_p)
@@ -435,7 +442,7 @@ def adjust(rows: list[dict], p_adjusted: list[float], alpha: float) -> list[dict
     values = iter(p_adjusted)
     out = []
     for f in rows:
-        if f["learned"]:
+        if is_tested(f):
             p = float(next(values))
             significant = bool(p <= alpha)
             verdict = ("sensitive" if _above(f) else "significant-low") if significant else "not significant"
@@ -446,7 +453,13 @@ def adjust(rows: list[dict], p_adjusted: list[float], alpha: float) -> list[dict
 
 def _tested_p(rows: list[dict]) -> list[float]:
     # A p-value scipy could not compute (nan) is no evidence: it enters the family as 1.
-    return [1.0 if f["p_value"] is None else f["p_value"] for f in rows if f["learned"]]
+    return [1.0 if f["p_value"] is None else f["p_value"] for f in rows if is_tested(f)]
+
+
+def is_tested(f: dict) -> bool:
+    """A finding that enters the Holm family (results.json from before the exchangeability test has no
+    `tested`: there every learned cell was tested)."""
+    return bool(f.get("tested", f["learned"]))
 
 
 def requirement_text(r: TcavRequirement) -> str:
@@ -478,10 +491,13 @@ def evaluate(r: TcavRequirement, rows: list[dict], roles: list[str], classes: li
     for role in who:
         for k in ks:
             cells = [f for f in rows if f["model"] == role and f["class"] == k and f["concept"] == r.concept]
-            learned = [f for f in cells if f["learned"]]
+            learned = [f for f in cells if is_tested(f)]
+            if len(learned) < len([f for f in cells if f["learned"]]):
+                weak = True  # a learned cell without a test cannot support a verdict either way
             if not learned:
                 weak = True
-                why.append(f"{role}/{k}: {r.concept} not learned at any layer (CAV accuracy < {MIN_CAV_ACCURACY})")
+                why.append(f"{role}/{k}: {r.concept} not learned or not tested at any layer (CAV accuracy < "
+                           f"{MIN_CAV_ACCURACY}, or see the cell)")
                 continue
             sig = [f for f in learned if f["significant"]]
             if r.significant is False:

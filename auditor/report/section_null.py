@@ -26,11 +26,12 @@ def null_panels(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]
         role, layer, cls = str(n["model"]), str(n["layer"]), str(n["class"])
         kind = str(n.get("kind", "concept"))
         order = list(layers.get(role, []))
-        number = f"layer {order.index(layer) + 1} ({shorten(layer, 22)})" if layer in order else shorten(layer, 30)
+        # The layer by its number in the findings grid (the grid gives full names; long ones collide in a panel title).
+        number = f"layer {order.index(layer) + 1}" if layer in order else shorten(layer, 16)
         marks = tuple(
             figures_null.Mark(str(f["concept"]), float(f[value_key]), f.get("p_value"), bool(f["significant"]))
             for f in findings
-            if f["model"] == role and f["layer"] == layer and f["class"] == cls and f["learned"]
+            if f["model"] == role and f["layer"] == layer and f["class"] == cls and f.get("tested", f["learned"])
             and f.get(value_key) is not None and (f["concept"] in relative) == (kind == "relative")
         )
         panels.append(figures_null.NullPanel(
