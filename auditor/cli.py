@@ -48,20 +48,21 @@ def writable_dir(path: Path, option: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Hold `out/.auditor.lock` while a run writes into `out`: a second run into the same folder stops at once
-    (exit 2) instead of interleaving its files with the first's. The OS drops the lock when the process dies."""
+    """Hold an exclusive lock on the folder `out` while a run writes into it: a second run into the same folder
+    stops at once (exit 2) instead of interleaving its files with the first's. The lock is on the folder itself
+    (flock on its descriptor), so no lock file is left among the outputs, and the OS drops it when the process
+    dies."""
     import fcntl
 
-    path = out / ".auditor.lock"
-    with open(path, "a+", encoding="utf-8") as f:
+    fd = os.open(out, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(f"--out {out}: another auditor run is writing into it (lock {path}); wait or use another folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            raise UserError(f"--out {out}: another auditor run is writing into it; wait for it or use another folder") from None
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def fresh_assets(out: Path) -> None:

@@ -432,12 +432,17 @@ def test_case14_a_later_run_with_fewer_checks_leaves_no_stale_figures(two_check_
 
 def test_case14_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(two_check_run):
     import fcntl
+    import os
 
     out = two_check_run / "out"
-    with open(out / ".auditor.lock", "a+") as held:  # what a running audit holds
+    held = os.open(out, os.O_RDONLY)  # what a running audit holds: a lock on the folder
+    try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         code, _o, err = cli("run", str(two_check_run / "one.yaml"), "--out", str(out), "--cache-dir",
                             str(two_check_run / "c"))
         assert code == 2 and "another auditor run is writing into it" in err and "loading models" not in err
         code, _o, err = cli("render", str(out / "results.json"))
         assert code == 2 and "another auditor run" in err
+    finally:
+        os.close(held)
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no lock file left among the outputs
