@@ -68,12 +68,16 @@ def _key(f: dict) -> tuple:
     return (f["method"], f["model"], f["layer"], f["class"], f["concept"])
 
 
+def _tested(f: dict) -> bool:
+    return bool(f.get("tested", f["learned"]))
+
+
 def verdicts(findings: list[dict], statistic: str) -> dict:
     """{cell: significant} of the learned cells under `statistic`, Holm over each method's cells (one TCAV and one
     SACV check here: the audit's family for both)."""
     out = {}
     for method in ("tcav", "sacv"):
-        cells = sorted((_key(f), f[f"{statistic}_p_value"]) for f in findings if f["method"] == method and f["learned"])
+        cells = sorted((_key(f), f[f"{statistic}_p_value"]) for f in findings if f["method"] == method and _tested(f))
         if cells:
             adjusted = stats.holm(np.array([p for _k, p in cells]))
             out.update({k: bool(p <= ALPHA) for (k, _p), p in zip(cells, adjusted)})
@@ -133,11 +137,11 @@ def main(demo_out: Path) -> None:
         by_method[s] = {m: (sum(k[0] == m for k in moved), sum(k[0] == m for k in v0)) for m in ("tcav", "sacv")}
         changed[s] = len(moved)
         control_sig[s] = sum(vc.values())
-        ps = [f[f"{s}_p_value"] for f in base if f["learned"] and f["model"] == "candidate" and f["concept"] == "watermark"]
+        ps = [f[f"{s}_p_value"] for f in base if _tested(f) and f["model"] == "candidate" and f["concept"] == "watermark"]
         watermark_p[s] = float(np.mean(ps)) if ps else 1.0
-        raw = [f[f"{s}_p_value"] for c in controls for f in c if f["learned"]]
+        raw = [f[f"{s}_p_value"] for c in controls for f in c if _tested(f)]
         calibration[s] = float(np.mean(np.array(raw) <= 0.05)) if raw else float("nan")
-        print(f"\n{s} ({STATISTICS[s]}): changed {changed[s]} of {len(v0)} learned cells, control significant "
+        print(f"\n{s} ({STATISTICS[s]}): changed {changed[s]} of {len(v0)} tested cells, control significant "
               f"{control_sig[s]} of {len(vc)}, calibration {calibration[s]:.3f} ({len(raw)} control cells over "
               f"{CALIBRATION_SEEDS} seeds), candidate watermark mean p {watermark_p[s]:.4f}; significant at seed 0 / 1: "
               f"{sum(v0.values())} / {sum(v1.values())}")
@@ -147,7 +151,7 @@ def main(demo_out: Path) -> None:
     print("\nraw p per learned cell (score / cosine), seed 0 -> seed 1:")
     b1 = {_key(f): f for f in again}
     for f in base:
-        if f["learned"]:
+        if _tested(f):
             g = b1.get(_key(f), {})
             print(f"  {_key(f)}: {f['score_p_value']:.4f}/{f['cosine_p_value']:.4f} -> "
                   f"{g.get('score_p_value')}/{g.get('cosine_p_value')}")
