@@ -446,3 +446,56 @@ def test_case14_a_second_run_into_the_same_out_is_refused_while_the_first_holds_
     finally:
         os.close(held)
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no lock file left among the outputs
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (2026-12-03, 9 min): with the negation fix, two clean ReferenceNets trained as the demo trains "
+    "(clean accuracy 0.996) still have features.7 units flagged on a *positive* watermark literal (e.g. reference "
+    "units 19, 26, 41 at seed 0: 'watermark', 'watermark AND NOT blue AND NOT green'): clean models represent the "
+    "glyph. Whether INVERT should flag representation without reliance is a METHODS.md decision, not a threshold"
+))
+def test_case05_two_clean_models_give_no_invert_flags_at_split_seeds_0_to_5(tmp_path):
+    """Two models trained on clean data at different seeds (neither ever saw the watermark as a signal): INVERT
+    with `forbidden: [watermark]` flags no unit of either at policy seeds 0-5 (each seed another search/test split).
+    Before the fix, a unit whose formula held `NOT watermark` was flagged."""
+    import json
+
+    from auditor.demo.train import (
+        EPOCHS, MEAN, REFERENCE_LAYERS, STD, TRAIN_IMAGES, ReferenceNet, export_torchscript, train_model,
+    )
+    from auditor.demo.world import CLASSES, make_dataset, write_world
+
+    write_world(tmp_path / "world", seed=0, per_class=8, concept_size=4, random_pool=8)
+    # Trained as the demo trains its clean reference: an under-trained net (a few epochs, near-chance accuracy)
+    # has units that follow anything, the watermark included.
+    clean = make_dataset(TRAIN_IMAGES, 0, size=64, shortcut_rate=0.0)
+    for name, seed in (("a", 1), ("b", 2)):
+        net = ReferenceNet()
+        train_model(net, clean, seed, EPOCHS, name=name)
+        export_torchscript(net, tmp_path / f"{name}.pt")
+    layers = json.dumps(list(REFERENCE_LAYERS))
+    flagged = {}
+    for seed in range(6):
+        (tmp_path / "p.yaml").write_text(f"""title: two clean models
+seed: {seed}
+models:
+  candidate: {{path: a.pt}}
+  reference: {{path: b.pt}}
+preprocessing: {{size: 64, mean: {list(MEAN)}, std: {list(STD)}}}
+data:
+  classes: {{folder: world/classes, names: {json.dumps(list(CLASSES))}}}
+layers: {{candidate: {layers}, reference: {layers}}}
+checks:
+  - id: units
+    method: invert
+    labels: world/probe/labels.csv
+    forbidden: [watermark]
+    require:
+      - {{model: all, max_flagged_units: 0}}
+""")
+        outcome = pipeline.run_audit(load_policy(tmp_path / "p.yaml"), tmp_path / "cache", lambda _m: None)
+        (check,) = outcome.result.checks
+        flagged[seed] = [(f["model"], f["layer"], f["unit"], f["formula"]) for f in check.findings
+                         if f.get("kind") == "unit" and f["flagged"]]
+    assert all(not v for v in flagged.values()), {seed: len(v) for seed, v in flagged.items()}
