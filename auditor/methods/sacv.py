@@ -574,16 +574,6 @@ def cav_learner(check: SacvCheck) -> str:
     return "mean" if check.test == "exchangeable" else "logistic"
 
 
-def _check_conv(check: SacvCheck, ctx: Context, role: str, layers: list[str]) -> None:
-    shapes = {i.name: i.shape for i in ctx.models[role].layers()}
-    for layer in layers:
-        if len(shapes[layer]) != 3:
-            raise UserError(
-                f"check {check.id!r}: sacv needs convolutional layers (C x H x W); {role} layer {layer!r} has "
-                f"shape {tuple(shapes[layer])}"
-            )
-
-
 def _cells(
     check: SacvCheck, ctx: Context,
 ) -> tuple[list[SpatialCell], list[_Overlay], dict[str, list[str]], dict | None]:
@@ -610,7 +600,6 @@ def _cells(
         plan = {"pseudo_concepts": m, "capped": capped, "spare": len(spare),
                 "notes": exchange_notes(m, capped, check.max_pseudo, len(spare), check.set_size)}
     for role, layers in layers_by_model.items():
-        _check_conv(check, ctx, role, layers)
         ctx.log(f"sacv {check.id}: {role} ({len(layers)} layers, {len(check.concepts)} concepts, {check.random_sets} runs"
                 + (f", {plan['pseudo_concepts']} pseudo-concepts)" if plan else ")"))
         runs = _train_runs(check, ctx, role, layers, randoms, concept_rows, seed, (spare, rows) if plan else None)

@@ -54,11 +54,23 @@ STABILITY_NOTE = (
     "is tested against is estimated from few effective samples, and a rerun with other random sets or set "
     "sizes can change the verdict. Read such cells with the causal probe."
 )
-TCAV_LIMITS_NOTE = (
+# The exchangeability test's own limits (docs/significance.md): what its null is, and what it does not cover.
+EXCHANGEABLE_NOTE = (
+    "Significance here means the concept images differ from random images of the pool as the class logit's "
+    "sensitivity sees them (pseudo-concepts drawn from the pool, scored alike): a pool unlike the images the "
+    "model meets, or one that contains the concept, changes what \u201crandom\u201d means. The smallest p is "
+    "1/(M+1); a capped M can make significance unattainable (a note says so)."
+)
+TCAV_CLAIM = (
     "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
     "it does not show that the model relies on the concept. Reliance is decided by causal probes (pasting the "
-    "concept onto images), reported separately where available. " + STABILITY_NOTE
+    "concept onto images), reported separately where available. "
 )
+
+
+def significance_note(settings: Mapping[str, Any]) -> str:
+    """The limits of the check's test: the exchangeability test's, or Welch's dependence on the random sets."""
+    return EXCHANGEABLE_NOTE if settings.get("test_name") == "exchangeable" else STABILITY_NOTE
 PROBE_LIMITS_NOTE = (
     "The probe measures what pasting the artifact does to each class logit, against a neutral patch on the same "
     "pixels. It depends on where and how the artifact is pasted: an artifact the model learned at one position "
@@ -72,9 +84,12 @@ METHOD_NOTES: dict[str, tuple[str, str]] = {
         "For each model, layer and concept, a linear classifier (the concept activation vector, CAV) is trained to "
         "separate the activations of concept images from those of random images, once against each of several "
         "random sets. The TCAV score of a class is the fraction of its images whose class logit increases when the "
-        "activations move a small step along the CAV (a directional derivative). The same procedure with random "
-        "images in place of the concept gives the scores of unrelated directions; the concept's scores are compared "
-        "with them by a two-sided Welch t-test, and the p-values of every tested cell of every TCAV check of the "
+        "activations move a small step along the CAV (a directional derivative). By default (the exchangeability "
+        "test) the concept is compared with pseudo-concepts: sets of random images put in the concept's place and "
+        "scored exactly like it; its p-value is the share of pseudo-concepts whose statistic (the TCAV score, or "
+        "the mean cosine of the class gradient with the CAV) is at least as far from no sensitivity. With the "
+        "paper's test (welch), the concept's scores are compared by a two-sided Welch t-test with those of "
+        "random-versus-random CAVs. The p-values of every tested cell of every TCAV check of the "
         "audit are adjusted together (Holm), so that running more tests does not make a false alarm more likely. "
         "A concept whose CAVs do not separate it from random images (held-out accuracy below the threshold) is "
         "reported as not learned at that layer and is not tested there.",
@@ -535,7 +550,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
             "shared_accuracy": shared_accuracy,
             "requirements": requirements,
             "notes": [str(n) for n in details.get("notes") or []],
-            "limits": TCAV_LIMITS_NOTE,
+            "limits": TCAV_CLAIM + significance_note(settings),
         },
     )
 

@@ -8,7 +8,6 @@ from auditor.report import figures, figures_sacv
 from auditor.report.section_null import null_figure
 from auditor.report.render import (
     DEFAULT_MIN_CAV_ACCURACY,
-    STABILITY_NOTE,
     FigureRef,
     Section,
     SectionContext,
@@ -22,6 +21,7 @@ from auditor.report.render import (
     fmt_share,
     fmt_value,
     generic_section,
+    significance_note,
 )
 from auditor.results import CheckResult
 
@@ -31,7 +31,7 @@ SACV_LIMITS_NOTE = (
     "first-order: they show where moving the activation along the concept would change the logit, at the "
     "layer's resolution (a coarse layer smears a small concept over a whole cell). The concept positions are "
     "learned from the concept images: without concept masks every position of a concept image counts as the "
-    "concept, which fails for small concepts. " + STABILITY_NOTE
+    "concept, which fails for small concepts. "
 )
 
 
@@ -182,6 +182,6 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
             "table": table,
             "requirements": _requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
-            "limits": SACV_LIMITS_NOTE,
+            "limits": SACV_LIMITS_NOTE + significance_note(settings),
         },
     )
