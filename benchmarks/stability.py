@@ -16,6 +16,8 @@ the smaller p on the candidate's watermark cells. Last line:
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import tempfile
 import time
@@ -57,11 +59,23 @@ def _policy(demo_out: Path, world: Path, seed: int, set_size: int, classes: Path
     return policy
 
 
+# Each audit's findings are kept here as they come (STABILITY_KEEP=<dir>), so that a failure after 40 minutes of
+# audits loses nothing: a rerun with the same folder reads them back instead of auditing again.
+KEEP = Path(os.environ["STABILITY_KEEP"]) if os.environ.get("STABILITY_KEEP") else None
+
+
 def _findings(policy: dict, path: Path, cache: Path) -> list[dict]:
     """Every TCAV and SACV finding of the audit, with its method."""
+    kept = None if KEEP is None else KEEP / f"{path.stem}.json"
+    if kept is not None and kept.is_file():
+        return json.loads(kept.read_text())
     path.write_text(yaml.safe_dump(policy))
     result = pipeline.run_audit(load_policy(path), cache, lambda _m: None).result
-    return [{**f, "method": c.method} for c in result.checks for f in c.findings]
+    out = [{**f, "method": c.method} for c in result.checks for f in c.findings]
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(out))
+    return out
 
 
 def _key(f: dict) -> tuple:

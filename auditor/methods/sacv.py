@@ -43,12 +43,11 @@ from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
 from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav, fit_cav
-from auditor.methods.tcav import (
-    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, is_tested, null_detail, requirement_text, status_and_summary, test_fields,
-    test_words,
+from auditor.methods.concept_scores import (
+    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, is_tested, null_detail, requirement_text, spare_set,
+    status_and_summary, test_fields, test_words,
 )
-from auditor.methods.tcav import adjust as tcav_adjust
-from auditor.methods.tcav import spare_set
+from auditor.methods.concept_scores import adjust as adjust_cells
 from auditor.models.base import Model, has_layer_grads
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult
@@ -646,7 +645,7 @@ def adjust(rows: list[dict], alpha: float) -> tuple[list[dict], int]:
     """Holm over the check's tested cells (a p-value scipy could not compute counts as 1)."""
     raw = np.array([1.0 if f["p_value"] is None else f["p_value"] for f in rows if is_tested(f)])
     adjusted = stats.holm(raw) if len(raw) else np.array([])
-    return tcav_adjust(rows, list(adjusted), alpha), len(raw)
+    return adjust_cells(rows, list(adjusted), alpha), len(raw)
 
 
 def _maps_detail(cells: list[SpatialCell], overlays: list[_Overlay]) -> tuple[list[dict], list[dict]]:
