@@ -10,7 +10,7 @@ import tinynet
 from auditor import data, pipeline
 from auditor.context import derive_seed
 
-from auditor.methods import exchangeable, sacv, tcav
+from auditor.methods import exchangeable, spatial, tcav
 from auditor.methods.cav import features, fit_cav
 from auditor.policy import PolicyError, load_policy
 
@@ -148,7 +148,7 @@ def test_mean_spatial_cavs_equal_per_position_means():
     rng = np.random.default_rng(3)
     concept, random = rng.random((5, 4, 3, 3)), rng.random((6, 4, 3, 3))
     where = rng.random((5, 3, 3)) > 0.5
-    v, b = sacv.mean_spatial_cavs([sacv.position_sums(concept, where)], sacv.position_sums(random))
+    v, b = spatial.mean_spatial_cavs([spatial.position_sums(concept, where)], spatial.position_sums(random))
     rows_c = [concept[i, :, h, w] for i in range(5) for h in range(3) for w in range(3) if where[i, h, w]]
     rows_r = [random[i, :, h, w] for i in range(6) for h in range(3) for w in range(3)]
     mu1, mu0 = np.mean(rows_c, axis=0), np.mean(rows_r, axis=0)
@@ -162,7 +162,7 @@ def test_spatial_stats_equal_a_per_image_loop():
     cavs = rng.standard_normal((3, 4))
     cavs /= np.linalg.norm(cavs, axis=1, keepdims=True)
     offsets = rng.standard_normal(3)
-    score, cosine = sacv.spatial_stats(acts, grads, cavs, offsets, chunk=2)
+    score, cosine = spatial.spatial_stats(acts, grads, cavs, offsets, chunk=2)
     for k in range(3):
         s, c = [], []
         for x, g in zip(acts, grads):

@@ -14,7 +14,7 @@ from PIL import Image
 import tinynet
 from auditor import data
 from auditor.cli import main
-from auditor.methods import sacv
+from auditor.methods import sacv, spatial
 from auditor.models import load_path
 from auditor.pipeline import prepare
 from auditor.policy import PolicyError, parse_policy
@@ -26,8 +26,8 @@ PRE = data.Preprocessing(size=(SIZE, SIZE), mean=MEAN, std=STD)
 def test_position_rows_transpose_each_image() -> None:
     acts = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
     slow = np.concatenate([a.reshape(3, -1).T for a in acts])  # METHODS.md: A.reshape(C, -1).T per image
-    np.testing.assert_array_equal(sacv.position_rows(acts), slow)
-    assert sacv.position_rows(acts)[6].tolist() == acts[0, :, 1, 1].tolist()  # row = position (h=1, w=1)
+    np.testing.assert_array_equal(spatial.position_rows(acts), slow)
+    assert spatial.position_rows(acts)[6].tolist() == acts[0, :, 1, 1].tolist()  # row = position (h=1, w=1)
 
 
 def _slow_sums(acts: np.ndarray, grads: np.ndarray, cavs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -59,10 +59,10 @@ def test_spatial_sums_equal_the_slow_reference(tiny_world, batch) -> None:
     model = load_path(str(tiny_world.script), input_shape=(3, SIZE, SIZE))
     grads = model.head("features.1").grad(batch["acts"], batch["x"], 1)
     np.testing.assert_allclose(grads, batch["grads"], rtol=1e-5, atol=1e-6)
-    fast = sacv.spatial_sums(model, "features.1", batch["acts"], batch["x"], grads, batch["cavs"], batch["offsets"], 1)
+    fast = spatial.spatial_sums(model, "features.1", batch["acts"], batch["x"], grads, batch["cavs"], batch["offsets"], 1)
     slow = _slow_sums(batch["acts"], batch["grads"], batch["cavs"], batch["offsets"])
     np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-6)
-    assert sacv.spatial_scores(fast).tolist() == (slow > 0).mean(axis=0).tolist()
+    assert spatial.spatial_scores(fast).tolist() == (slow > 0).mean(axis=0).tolist()
 
 
 def test_onnx_finite_differences_match_autograd(tmp_path: Path) -> None:
@@ -85,10 +85,10 @@ def test_onnx_finite_differences_match_autograd(tmp_path: Path) -> None:
     cavs /= np.linalg.norm(cavs, axis=1, keepdims=True)
     offsets = np.array([-0.2, 0.0, 0.3])
     slow = _slow_sums(acts, grads, cavs, offsets)
-    fd = sacv.spatial_sums(onnx, layer, acts, x, None, cavs, offsets, 1)
+    fd = spatial.spatial_sums(onnx, layer, acts, x, None, cavs, offsets, 1)
     np.testing.assert_allclose(fd, slow, atol=1e-2 * np.abs(slow).max())
-    present = sacv.relevance_maps(acts, cavs[:1], offsets[:1])[:, 0] > 0
-    maps_fd = sacv.contribution_maps(onnx, layer, acts, x, None, cavs[0], 1, present)
+    present = spatial.relevance_maps(acts, cavs[:1], offsets[:1])[:, 0] > 0
+    maps_fd = spatial.contribution_maps(onnx, layer, acts, x, None, cavs[0], 1, present)
     maps_exact = np.einsum("nchw,c->nhw", grads, cavs[0]) * present
     # One position per derivative: a kink within the step moves it by a few percent (onnx_model._steps).
     np.testing.assert_allclose(maps_fd, maps_exact, atol=3e-2 * np.abs(maps_exact).max())
@@ -111,7 +111,7 @@ def test_concept_positions_keep_covered_cells_or_the_best_one() -> None:
     cover[0, 1, 1] = 0.6
     cover[0, 2, 2] = 0.4
     cover[1, 0, 2] = 0.3  # no cell half covered: the most covered one counts
-    keep = sacv.concept_positions(cover)
+    keep = spatial.concept_positions(cover)
     assert keep[0].sum() == 1 and keep[0, 1, 1]
     assert keep[1].sum() == 1 and keep[1, 0, 2]
 
@@ -124,8 +124,8 @@ def test_spatial_cav_finds_a_small_concept_only_with_masks() -> None:
     concept[:, 0, 6:, 6:] += 4.0  # Bayes accuracy Phi(2) = 0.977
     where = np.zeros((60, 8, 8), bool)
     where[:, 6:, 6:] = True
-    with_masks = sacv.spatial_cav(concept, random, 1, where)
-    without = sacv.spatial_cav(concept, random, 1)
+    with_masks = spatial.spatial_cav(concept, random, 1, where)
+    without = spatial.spatial_cav(concept, random, 1)
     assert with_masks.accuracy > 0.9 and abs(with_masks.vector[0]) > 0.9 and with_masks.vector[0] > 0
     assert without.accuracy < 0.6  # 4 of 64 positions differ: the paper's labelling cannot learn it
 
