@@ -229,3 +229,29 @@ def test_relative_cells_are_tested_against_pseudo_pairs(tiny_world, tmp_path):
     f = next(f for f in result.findings if f["layer"] == layer and f["concept"] == "red vs blue")
     assert f["learned"] and f["score"] == pytest.approx(s) and f["score_p_value"] == pytest.approx(p)
     assert {n["kind"] for n in result.details["null"]} == {"concept", "relative"}
+
+
+def test_report_names_the_test_and_draws_each_null(tiny_world, tmp_path):
+    """A run's report: the test's words (M, statistic, family), the other statistic beside each p, one null panel
+    per (model, layer, class) and its caption; results.json carries both statistics' p-values."""
+    import json
+
+    from click.testing import CliRunner
+    from pypdf import PdfReader
+
+    from auditor.cli import main
+
+    path = _policy(tiny_world, tmp_path, TCAV_MEAN)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    check = json.loads((out / "results.json").read_text())["checks"][0]
+    assert check["details"]["settings"]["pseudo_concepts"] == 639 and len(check["details"]["null"]) == 4
+    assert all(len(n["scores"]) == 639 for n in check["details"]["null"])
+    tested = [f for f in check["findings"] if f["tested"]]
+    assert tested and all(f["score_p_value"] >= 1 / 640 and f["cosine_p_value"] >= 1 / 640 for f in tested)
+    text = " ".join(p.extract_text() for p in PdfReader(out / "report.pdf").pages)
+    assert "exchangeability test of the TCAV score" in " ".join(text.split())
+    assert "639 pseudo-concepts" in " ".join(text.split()) and "cosine" in text
+    assert "Why each cell is or is not significant" in text
+    assert (out / "assets").is_dir() and any(p.name.endswith("null.png") for p in (out / "assets").iterdir())

@@ -50,7 +50,8 @@ def null_size(panels: Sequence[NullPanel]) -> tuple[int, int]:
     return pixel_size(PAGE_WIDTH_IN, _height(len(panels)))
 
 
-def null_distributions(panels: Sequence[NullPanel], concepts: Sequence[str], statistic: str, out: Path) -> Path:
+def null_distributions(panels: Sequence[NullPanel], concepts: Sequence[str], statistic: str, out: Path,
+                       keyed: Sequence[str] | None = None) -> Path:
     """One small histogram per panel, laid out by hand (3 per row) on a canvas of known size.
 
     Parameters
@@ -59,6 +60,7 @@ def null_distributions(panels: Sequence[NullPanel], concepts: Sequence[str], sta
     concepts : every concept of the check, in order: concept i has colour i in every panel.
     statistic : axis label (e.g. "TCAV score").
     out : the SVG path to write.
+    keyed : the concepts the key lists (default all).
     """
     height = _height(len(panels))
     colours = {c: OKABE_ITO[i % len(OKABE_ITO)] for i, c in enumerate(concepts)}
@@ -89,10 +91,11 @@ def null_distributions(panels: Sequence[NullPanel], concepts: Sequence[str], sta
             ax.set_title(f"{p.title}\n{ps}", loc="left", pad=3, fontsize=6.5)
             ax.set_yticks([])
             ax.set_xlabel(statistic, labelpad=1)
-        handles: list = [Line2D([], [], color=colours[c], linewidth=1.4) for c in concepts]
+        keyed = list(concepts if keyed is None else keyed)
+        handles: list = [Line2D([], [], color=colours[c], linewidth=1.4) for c in keyed]
         handles += [Line2D([], [], color="black", linestyle=":", linewidth=0.8),
                     Patch(facecolor=LIGHT_GREY, edgecolor=GREY, linewidth=0.3)]
-        labels = [*concepts, "centre (no sensitivity)", "pseudo-concepts"]
+        labels = [*keyed, "centre (no sensitivity)", "pseudo-concepts"]
         fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 6),
                    frameon=False, handlelength=1.6, columnspacing=1.2, borderaxespad=0.1)
         return _save(fig, out, crop=False)

@@ -49,9 +49,11 @@ def null_figure(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]
         return None
     statistic = str(settings.get("statistic", "score"))
     panels = null_panels(details, findings, statistic)
+    drawn = {m.concept for p in panels for m in p.marks}
+    # Colours follow the check's concept order; the key lists only the concepts drawn somewhere.
     path, src = ctx.figure("null.svg")
     ctx.draw_sized(figures_null.null_size(panels), figures_null.null_distributions, panels, list(concepts),
-                   STATISTIC_LABELS[statistic], path)
+                   STATISTIC_LABELS[statistic], path, sorted(drawn, key=list(concepts).index))
     m = settings.get("pseudo_concepts")
     caption = (
         f"Why each cell is or is not significant: the grey histogram is the {STATISTIC_LABELS[statistic]} of {m} "
