@@ -177,7 +177,9 @@ def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) 
     if not_learned:
         summary += f" ({len(not_learned)} cells not learned: {accuracy_words} < {MIN_CAV_ACCURACY})"
     if untested:
-        summary += f" ({len(untested)} cells not tested: {untested[0]['reason']})"  # the same reason per layer
+        layers = sorted({f["layer"] for f in untested})
+        summary += (f" ({len(untested)} cells not tested at {', '.join(layers)}: "
+                    f"{exchangeable.OVER_BUDGET_SHORT}; the findings say why)")
     return status, summary
 
 

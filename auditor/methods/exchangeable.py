@@ -180,6 +180,9 @@ def fd_rows(images: int, size: int) -> int:
     return 2 * images * size
 
 
+OVER_BUDGET_SHORT = "an ONNX layer whose gradient map is over the finite-difference budget"
+
+
 def over_budget(images: int, size: int, layer: str) -> str:
     return (f"the exchangeability test needs the full gradient map at {layer!r}, which an ONNX model "
             f"gives only by finite differences ({fd_rows(images, size):,} head passes for {images} images, over "
