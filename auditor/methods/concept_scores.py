@@ -183,12 +183,14 @@ def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) 
     return status, summary
 
 
-def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0, scope: str = "TCAV cell of the audit") -> str:
-    """The test as the report names it beside every p-value."""
+def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0,
+               scope: str = "TCAV cell of the audit", spare: int = 0) -> str:
+    """The test as the report names it beside every p-value (`spare`: the images pseudo-concepts come from)."""
     if test == "exchangeable":
         return (f"exchangeability test of the {STATISTICS[statistic]} against {pseudo} pseudo-concepts (random-pool "
-                f"sets in the concept's place, scored alike): p = (1 + #{{pseudo-concepts at least as far from the "
-                f"centre}}) / ({pseudo} + 1), Holm-adjusted over {family} tests (every tested {scope})")
+                f"sets in the concept's place, scored alike; each drawn independently from {spare} spare images, so "
+                f"two may share images): p = (1 + #{{pseudo-concepts at least as far from the centre}}) / "
+                f"({pseudo} + 1), Holm-adjusted over {family} tests (every tested {scope})")
     return (f"Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over {family} tests "
             f"(every tested {scope})")
 

@@ -501,7 +501,7 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
             "masks": _masks_root(check, ctx.policy) is not None,
             "concept_masks": check.concept_masks is not None,
             "test": test_words(check.test, family, check.statistic, (plan or {}).get("pseudo_concepts", 0),
-                               "cell of this check").replace("TCAV score", "spatial TCAV score")
+                               "cell of this check", (plan or {}).get("spare", 0)).replace("TCAV score", "spatial TCAV score")
                                                     .replace("scores", "spatial scores"),
             "test_name": check.test, "statistic": check.statistic if plan else "score",
             "cav": cav_learner(check),
