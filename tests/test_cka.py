@@ -98,3 +98,15 @@ def test_constant_representation_and_mismatched_images_are_reported() -> None:
         cka.cka(np.zeros((5, 2)), np.zeros((6, 2)))
     with pytest.raises(ValueError, match="at least 4"):
         cka.cka(np.eye(3), np.eye(3))
+
+
+def test_gram_of_batches_equals_the_gram_of_all_rows(tmp_path) -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(23, 3, 4, 4)).astype(np.float32)
+    batches = [x[0:10], x[10:17], x[17:23]]
+    flat = x.reshape(23, -1).astype(np.float64)
+    k = cka.gram_of_batches(iter(batches), tmp_path / "scratch.bin", block_cols=5)
+    np.testing.assert_allclose(k, flat @ flat.T, rtol=1e-5, atol=1e-4)  # float32 products (see cka._cross)
+    assert not (tmp_path / "scratch.bin").exists()
+    with pytest.raises(ValueError, match="features"):
+        cka.gram_of_batches(iter([x[:2], x[:2, :2]]), tmp_path / "s2.bin")
