@@ -33,7 +33,7 @@ from auditor.methods.invert_search import (
     explain,
     split_halves,
 )
-from auditor.policy import ArtifactProbeCheck, Policy, check_layers
+from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult, Status
 from auditor.schemas.invert import InvertCheck, InvertRequirement
 
@@ -54,10 +54,11 @@ REDUCE_CHUNK = 256
 
 
 def validate(
-    check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+    check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str], models: dict,
 ) -> list[data.ImageSet]:
     """Append one line per problem of the check's labels CSV, its forbidden concepts and the images it names.
     Returns the labels file and the probe images, for the provenance table."""
+    artifact.validate(check, policy, pre, where, problems, models)  # the pasted artifact fits the images
     path = policy.resolve(check.labels)
     labels, found = read_labels(path)
     problems.extend(f"{where}.labels: {p}" for p in summarise(found))
@@ -219,12 +220,11 @@ def _probe(check: InvertCheck, ctx: Context, roles: list[str]) -> list[dict]:
     """The logit-level probe of auditor.methods.artifact, on the same clean images an artifact_probe check with
     this id would use."""
     assert check.artifact is not None
-    probe = ArtifactProbeCheck(
-        id=check.id, method="artifact_probe", severity=check.severity, artifact=check.artifact,
-        images=check.artifact_images, classes=list(check.classes), models=roles,
-        images_per_class=check.images_per_class, threshold=check.threshold, direction=check.direction,
+    spec = artifact.ProbeSpec(
+        id=check.id, artifact=check.artifact, images=check.artifact_images, classes=list(check.classes),
+        models=roles, images_per_class=check.images_per_class, threshold=check.threshold, direction=check.direction,
     )
-    return [{"kind": "probe", **f} for f in artifact.run(probe, ctx).findings]
+    return [{"kind": "probe", **f} for f in artifact.probe_findings(spec, ctx)]
 
 
 def _requirement(

@@ -33,12 +33,15 @@ from PIL import Image
 
 from auditor import data
 from auditor.context import Context, derive_seed
-from auditor.errors import UserError
+from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.models.base import Model
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult, Status
 from auditor.schemas.rsvc import RsvcCheck, RsvcRequirement
+from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
+    Clock, Pool, Split, _pool, is_negative, layer_where, negative_message, split_images,
+)
 
 # Central differences for ONNX heads: the step moves the activation by this fraction of its typical norm
 # (the ONNX adapter's own choice for its directional derivatives, see OnnxHead._steps).
@@ -51,115 +54,6 @@ HEAD_CHUNK_BYTES = 48 * 2**20
 COLLAGE = 9  # patches per collage (3 x 3)
 GALLERY = 6  # top patches per concept in the concept gallery
 SCATTER_DIGITS = 4
-
-
-# ------------------------------------------------------------------------------------------------ timing
-
-
-@dataclass
-class Clock:
-    """Where the check's time went (logged; never written to results.json, which must be reproducible)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, what: str, since: float) -> None:
-        self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - since
-
-
-# ------------------------------------------------------------------------------------------------ images
-
-
-def _images_root(check: RsvcCheck, policy: Policy) -> Path:
-    return policy.resolve(check.images.folder if check.images is not None else policy.data.classes.folder)
-
-
-def validate(
-    check: RsvcCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
-) -> list[data.ImageSet]:
-    """Before anything runs: two distinct-role models, and the image folder with a subfolder per checked class.
-    Returns the class folders of its own image folder (every one the pool reads), for the provenance table."""
-    roles = check.models or list(policy.models)
-    if len(roles) != 2:
-        problems.append(f"{where}.models: rsvc compares exactly two models, got {len(roles)} ({', '.join(roles)})")
-    elif roles[0] == roles[1]:
-        problems.append(f"{where}.models: the two models must be different roles (got {roles[0]!r} twice)")
-    if check.images is None:
-        return []  # data.classes is checked by the pipeline
-    root = _images_root(check, policy)
-    if not root.is_dir():
-        problems.append(f"{where}.images.folder: folder not found: {root}")
-        return []
-    for cls in check.classes:
-        try:
-            data.folder_set(f"rsvc:{cls}", root / cls, pre)
-        except UserError as e:
-            problems.append(f"{where}.images: {e}")
-    # Every class folder the pool reads (not only the checked classes) must decode.
-    own = []
-    for k in policy.data.classes.names:
-        paths = data.list_images(root / k) if (root / k).is_dir() else []
-        broken = data.unreadable(paths)
-        problems.extend(f"{where}.images: {line}" for line in broken)
-        if paths and not broken:
-            own.append(data.image_set(f"{check.id}:class:{k}", paths, pre))
-    return own
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Every image the check may use, with each model's prediction."""
-
-    paths: tuple[Path, ...]
-    labels: tuple[str, ...]  # display name "class-folder/file"
-    predicted: dict[str, np.ndarray]  # role -> (n,) predicted class index
-    folders: tuple[str, ...]
-
-
-def _pool(check: RsvcCheck, ctx: Context, roles: list[str], clock: Clock) -> Pool:
-    root = _images_root(check, ctx.policy)
-    names = ctx.policy.data.classes.names
-    folders = [k for k in names if (root / k).is_dir()]
-    sets = [data.folder_set(f"rsvc-pool:{k}@{root}", root / k, ctx.pre) for k in folders]
-    predicted: dict[str, list[np.ndarray]] = {r: [] for r in roles}
-    for s in sets:
-        x = ctx.store.images(s)
-        for role in roles:
-            t = time.perf_counter()
-            predicted[role].append(ctx.models[role].predict(x).argmax(axis=1))
-            clock.add("forward", t)
-            clock.add("pool", t)
-    return Pool(
-        paths=tuple(p for s in sets for p in s.paths),
-        labels=tuple(f"{k}/{p.name}" for k, s in zip(folders, sets) for p in s.paths),
-        predicted={r: np.concatenate(v) if v else np.zeros(0, int) for r, v in predicted.items()},
-        folders=tuple(folders),
-    )
-
-
-@dataclass(frozen=True)
-class Split:
-    extraction: np.ndarray  # pool indices
-    evaluation: np.ndarray
-    candidates: int  # images either model predicts as the class
-    note: str | None  # why the split is smaller than asked, if it is
-
-
-def split_images(candidates: np.ndarray, n_extraction: int, n_evaluation: int, seed: int) -> Split:
-    """Disjoint seeded extraction and evaluation images; with fewer candidates than both ask for, the candidates
-    are shared in the asked proportion."""
-    n = len(candidates)
-    order = candidates[np.random.default_rng(seed).permutation(n)]
-    note = None
-    if n >= n_extraction + n_evaluation:
-        e, v = n_extraction, n_evaluation
-    else:
-        e = int(round(n * n_extraction / (n_extraction + n_evaluation)))
-        v = n - e
-        note = (
-            f"only {n} images are predicted as the class by either model (asked: {n_extraction} for extraction "
-            f"+ {n_evaluation} for evaluation): split {e} / {v}"
-        )
-    return Split(np.sort(order[:e]), np.sort(order[e : e + v]), n, note)
 
 
 # ------------------------------------------------------------------------------------------------ patches
@@ -217,12 +111,6 @@ class TimedModel:
         return out
 
 
-def _layer_where(check: RsvcCheck, policy: Policy, role: str) -> str:
-    index = next(i for i, c in enumerate(policy.checks) if c.id == check.id)
-    own = check.layers or {}
-    return f"checks[{index}].layers.{role}" if role in own else f"layers.{role}"
-
-
 def _means(
     ctx: Context, check: RsvcCheck, role: str, layers: list[str], ps: PatchSet, clock: Clock, shapes: dict
 ) -> dict[str, np.ndarray]:
@@ -235,13 +123,9 @@ def _means(
     for layer in layers:
         a = np.asarray(acts[layer])
         shapes[(role, layer)] = tuple(a.shape[1:])
-        low, high = float(a.min(initial=0.0)), float(np.abs(a).max(initial=0.0))
-        # NMF needs a non-negative layer; rounding in a ReLU-free graph path may leave -0-ish values.
-        if low < -1e-6 * max(high, 1e-30):
-            raise UserError(
-                f"{_layer_where(check, ctx.policy, role)}: layer {layer!r} of model {role!r} has negative activations "
-                f"(min {low:.3g}); RSVC factorises activations with NMF and needs a non-negative layer, e.g. a ReLU output"
-            )
+        negative, low = is_negative(a)
+        if negative:  # `validate` tests the sign on a few whole images; a patch can still find a negative value
+            raise CheckError(negative_message(layer_where(check, ctx.policy, role), layer, role, low))
         out[layer] = np.maximum(core.spatial_mean(a), 0.0)
     return out
 
@@ -605,8 +489,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     start = time.perf_counter()
     seed = derive_seed(ctx.policy.seed, check.id)
     roles = list(check.models or ctx.models)
-    if len(roles) != 2 or roles[0] == roles[1]:
-        raise UserError(f"check {check.id}: rsvc compares exactly two different models, got {roles}")
+    assert len(roles) == 2 and roles[0] != roles[1], "validate refuses anything but two different models"
     layers = check_layers(ctx.policy, check)
     ctx.log(f"rsvc {check.id}: {len(check.classes)} classes, concept layers "
             + ", ".join(f"{r} {layers[r][-1]}" for r in roles))

@@ -160,7 +160,7 @@ def _masks_of(images: data.ImageSet, root: Path, sub: str, what: str, key: str, 
 
 
 def validate(
-    check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+    check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str], models: dict,
 ) -> list[data.ImageSet]:
     """The check's own class folder and masks exist and decode, and every class image has its mask. Returns the
     sets only this check reads (its own images, masks and concept masks), for the provenance table."""
