@@ -6,42 +6,47 @@ imports no torch and no numerics: run/validate/correct are resolved when called.
 """
 
 from auditor.methods.descriptor import FindingKind, Lazy, Method, Reads
-from auditor.schemas import artifact_probe, invert, rsvc, sacv, tcav
+# Schemas by module under other names: `auditor.methods.tcav` etc. must stay the method modules.
+from auditor.schemas import artifact_probe as _probe
+from auditor.schemas import invert as _invert
+from auditor.schemas import rsvc as _rsvc
+from auditor.schemas import sacv as _sacv
+from auditor.schemas import tcav as _tcav
 
 CONCEPT_KEY = ("model", "layer", "class", "concept")
 PROBE_KEY = ("model", "class", "artifact")
 
 METHODS: dict[str, Method] = {
     "tcav": Method(
-        schema=tcav.TcavCheck, run=Lazy("auditor.methods.tcav", "run"),
+        schema=_tcav.TcavCheck, run=Lazy("auditor.methods.tcav", "run"),
         reads=Reads(layers=True, classes=True, concepts=True),
-        findings={"": FindingKind(tcav.TcavFinding, CONCEPT_KEY, tcav.compare)},
+        findings={"": FindingKind(_tcav.TcavFinding, CONCEPT_KEY, _tcav.compare)},
         family="audit", correct=Lazy("auditor.methods.tcav", "correct_family"),
     ),
     "artifact_probe": Method(
-        schema=artifact_probe.ArtifactProbeCheck, run=Lazy("auditor.methods.artifact", "run"),
+        schema=_probe.ArtifactProbeCheck, run=Lazy("auditor.methods.artifact", "run"),
         reads=Reads(pastes=True),
-        findings={"": FindingKind(artifact_probe.ProbeFinding, PROBE_KEY, artifact_probe.compare)},
+        findings={"": FindingKind(_probe.ProbeFinding, PROBE_KEY, _probe.compare)},
         family=None, validate=Lazy("auditor.methods.artifact", "validate"),
     ),
     "sacv": Method(
-        schema=sacv.SacvCheck, run=Lazy("auditor.methods.sacv", "run"),
+        schema=_sacv.SacvCheck, run=Lazy("auditor.methods.sacv", "run"),
         reads=Reads(layers=True, classes=True, concepts=True, conv_layers=True),
-        findings={"": FindingKind(sacv.SacvFinding, CONCEPT_KEY, sacv.compare)},
+        findings={"": FindingKind(_sacv.SacvFinding, CONCEPT_KEY, _sacv.compare)},
         family="check", validate=Lazy("auditor.methods.sacv", "validate"),
     ),
     "rsvc": Method(
-        schema=rsvc.RsvcCheck, run=Lazy("auditor.methods.rsvc", "run"),
+        schema=_rsvc.RsvcCheck, run=Lazy("auditor.methods.rsvc", "run"),
         reads=Reads(layers=True, classes=True),
-        findings={"": FindingKind(rsvc.RsvcFinding, ("model", "other", "layer", "class", "concept"), rsvc.compare)},
+        findings={"": FindingKind(_rsvc.RsvcFinding, ("model", "other", "layer", "class", "concept"), _rsvc.compare)},
         family=None, validate=Lazy("auditor.methods.rsvc_images", "validate"),
     ),
     "invert": Method(
-        schema=invert.InvertCheck, run=Lazy("auditor.methods.invert", "run"),
+        schema=_invert.InvertCheck, run=Lazy("auditor.methods.invert", "run"),
         reads=Reads(layers=True, pastes=True),
         findings={
-            "unit": FindingKind(invert.UnitFinding, ("model", "layer", "unit"), invert.compare_unit),
-            "probe": FindingKind(invert.InvertProbeFinding, PROBE_KEY, invert.compare_probe),
+            "unit": FindingKind(_invert.UnitFinding, ("model", "layer", "unit"), _invert.compare_unit),
+            "probe": FindingKind(_invert.InvertProbeFinding, PROBE_KEY, _invert.compare_probe),
         },
         family="check", validate=Lazy("auditor.methods.invert", "validate"), default_kind="unit",
     ),

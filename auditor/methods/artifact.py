@@ -22,6 +22,7 @@ from auditor.methods import stats
 from auditor.policy import Policy
 from auditor.schemas.artifact_probe import ArtifactProbeCheck
 from auditor.schemas.common import ArtifactSpec
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 
 
@@ -210,7 +211,7 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
             )
     status = Status.FAIL if any(not q["met"] for q in reqs) else Status.PASS
     reliant_rows = [f for f in findings if f["reliant"]]
-    summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
+    summary = met_summary(reqs) or (
         f"{len(reliant_rows)} (model, class) pairs rely on the artifact"
     )
     return CheckResult(
@@ -219,7 +220,7 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
         status=status,
         severity=check.severity,
         summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
+        requirement=requirement_line(reqs),
         findings=findings,
         details={
             "settings": {

@@ -34,6 +34,7 @@ from auditor.methods.invert_search import (
     split_halves,
 )
 from auditor.policy import Policy, check_layers
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 from auditor.schemas.invert import InvertCheck, InvertRequirement
 
@@ -349,7 +350,7 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
         status = Status.PASS
     flagged_all = [u for u in units if u["flagged"]]
     if reqs:
-        summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs)
+        summary = met_summary(reqs)
     else:
         per = ", ".join(f"{r}: {sum(1 for u in flagged_all if u['model'] == r)}" for r in roles)
         summary = f"flagged units ({per})"
@@ -403,7 +404,7 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
         status=status,
         severity=check.severity,
         summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
+        requirement=requirement_line(reqs),
         findings=findings,
         details=details,
     )

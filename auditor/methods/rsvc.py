@@ -37,6 +37,7 @@ from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.models.base import Model
 from auditor.policy import Policy, check_layers
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 from auditor.schemas.rsvc import RsvcCheck, RsvcRequirement
 from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
@@ -519,7 +520,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     else:
         status = Status.PASS
     ui = [f for f in findings if f["unique"] and f["important"]]
-    summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
+    summary = met_summary(reqs) or (
         f"{len(ui)} unique important concept{'s' if len(ui) != 1 else ''} over {len(classes) - len(skipped)} classes"
     )
     if skipped:
@@ -554,6 +555,6 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     }
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
+        requirement=requirement_line(reqs),
         findings=findings, details=details,
     )

@@ -43,8 +43,9 @@ from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
 from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav
+from auditor.methods.requirements import requirement_line
 from auditor.methods.concept_scores import (
-    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, is_tested, null_detail, requirement_text, spare_set,
+    MIN_CAV_ACCURACY, SACV_WORDS, Null, exchange_notes, is_tested, null_detail, requirement_rows, spare_set,
     status_and_summary, test_fields, test_words,
 )
 from auditor.methods.concept_scores import adjust as adjust_cells
@@ -485,14 +486,8 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
     cells, overlays, layers_by_model, plan = _cells(check, ctx)
     rows, family = adjust(findings(cells, check.test, check.statistic), check.alpha)
     maps, thumbnails = _maps_detail(cells, overlays)
-    roles = list(layers_by_model)
-    outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
-    reqs = [
-        {"text": requirement_text(r).replace("sensitive", "spatially sensitive"), "model": r.model, "met": met,
-         "weak": weak, "why": why}
-        for r, (met, weak, why) in zip(check.require, outcomes)
-    ]
-    status, summary = status_and_summary(reqs, rows, "per-position CAV accuracy")
+    reqs = requirement_rows(check.require, rows, list(layers_by_model), check.classes, SACV_WORDS)
+    status, summary = status_and_summary(reqs, rows, SACV_WORDS.accuracy)
     details = {
         "settings": {
             "random_sets": check.random_sets, "set_size": check.set_size, "alpha": check.alpha,
@@ -501,8 +496,7 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
             "masks": _masks_root(check, ctx.policy) is not None,
             "concept_masks": check.concept_masks is not None,
             "test": test_words(check.test, family, check.statistic, (plan or {}).get("pseudo_concepts", 0),
-                               "cell of this check", (plan or {}).get("spare", 0)).replace("TCAV score", "spatial TCAV score")
-                                                    .replace("scores", "spatial scores"),
+                               (plan or {}).get("spare", 0), SACV_WORDS),
             "test_name": check.test, "statistic": check.statistic if plan else "score",
             "cav": cav_learner(check),
             "family_size": family, "min_cav_accuracy": MIN_CAV_ACCURACY,
@@ -519,5 +513,5 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
         details["null"] = plan["null"]
     return CheckResult(
         id=check.id, method="sacv", status=status, severity=check.severity, summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)", findings=rows, details=details,
+        requirement=requirement_line(reqs), findings=rows, details=details,
     )
