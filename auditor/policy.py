@@ -28,6 +28,13 @@ from auditor.schemas.rsvc import RsvcCheck  # noqa: F401
 from auditor.schemas.sacv import SacvCheck  # noqa: F401
 from auditor.schemas.tcav import TcavCheck, TcavRequirement  # noqa: F401
 
+# Schemas other modules import from here (they live in auditor/schemas/).
+__all__ = [
+    "ArtifactProbeCheck", "ArtifactSpec", "ConceptRequirement", "DEFAULT_STATISTIC", "InvertCheck", "Policy",
+    "PolicyError", "ProbeRequirement", "RsvcCheck", "SacvCheck", "Severity", "TcavCheck", "TcavRequirement",
+    "check_layers", "layer_overrides", "load_policy", "parse_policy", "relative_name",
+]
+
 
 class PolicyError(UserError):
     def __init__(self, source: str, problems: list[str]) -> None:

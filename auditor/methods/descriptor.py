@@ -9,7 +9,7 @@ every method module eagerly took 3.5 s against 0.9 s).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 

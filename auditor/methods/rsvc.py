@@ -36,12 +36,12 @@ from auditor.context import Context, derive_seed
 from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.models.base import Model
-from auditor.policy import Policy, check_layers
+from auditor.policy import check_layers
 from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 from auditor.schemas.rsvc import RsvcCheck, RsvcRequirement
 from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
-    Clock, Pool, Split, _pool, is_negative, layer_where, negative_message, split_images,
+    Clock, Pool, _pool, is_negative, layer_where, negative_message, split_images,
 )
 
 # Central differences for ONNX heads: the step moves the activation by this fraction of its typical norm
@@ -295,6 +295,107 @@ def _round(x: float) -> float:
     return round(float(x), 6)
 
 
+def _fit_layers(
+    check: RsvcCheck, cls: str, roles: list[str], layers: dict[str, list[str]], A_ext: dict, A_ev: dict, seed: int,
+    clock: Clock, notes: list[str],
+) -> dict[tuple[str, str], ModelConcepts]:
+    """The NMF concepts of every (model, layer) of one class, with a note where NMF stopped early or found fewer."""
+    fitted = {
+        (r, layer): _fit(A_ext[r][layer], A_ev[r][layer], check.concepts, derive_seed(seed, "nmf", cls, r, layer), clock)
+        for r in roles for layer in layers[r]
+    }
+    stopped = [f"{r} {layer}" for (r, layer), f in fitted.items() if not f.concepts.converged]
+    if stopped:
+        notes.append(f"class {cls}: NMF reached its iteration limit ({core.NMF_MAX_ITER}) before its tolerance for "
+                     f"{len(stopped)} of {len(fitted)} layers ({', '.join(stopped)}); those concepts are used as they stand")
+    for (r, layer), f in fitted.items():
+        if f.concepts.W.shape[0] < check.concepts:
+            notes.append(f"class {cls}, {r} {layer}: only {f.concepts.W.shape[0]} concepts (fewer patches or channels than K)")
+    return fitted
+
+
+def _importance(
+    check: RsvcCheck, ctx: Context, cls: str, roles: list[str], concept_layer: dict[str, str], fitted: dict,
+    U: dict[str, np.ndarray], shapes: dict, A_ev: dict, ev: PatchSet, target: int, notes: list[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict]]:
+    """(normalised importance, raw integrated gradients, head agreement) of each model's concepts of one class."""
+    patches_ev = ev.patches()
+    importance: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    model_info: dict[str, dict] = {}
+    for r in roles:
+        layer = concept_layer[r]
+        W = fitted[(r, layer)].concepts.W
+        scale = float(np.median(np.linalg.norm(U[r] @ W, axis=1)))
+        stats = GradStats()
+        grad = concept_gradient(ctx.models[r], layer, W, shapes[(r, layer)], patches_ev, target, scale, stats)
+        ig = core.integrated_gradients(U[r], grad, check.ig_steps).mean(axis=0)
+        peak = float(np.abs(ig).max(initial=0.0))
+        raw[r] = ig
+        importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
+        if stats.omitted_mass > 0:
+            notes.append(
+                f"class {cls}, {r}: classes with probability < {NEGLIGIBLE_PROBABILITY:g} everywhere were left out of "
+                f"the -CE gradient (largest probability mass left out: {stats.omitted_mass:.2g})"
+            )
+        full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
+        model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
+                         "head_rows": stats.head_rows}
+    return importance, raw, model_info
+
+
+def _model_concepts(
+    check: RsvcCheck, cls: str, r: str, other: str, concept_layer: dict[str, str], f: ModelConcepts, cv: dict,
+    importance: dict, raw: dict, U: dict, model_info: dict, thumbs: Thumbs, image_of_row: np.ndarray,
+) -> tuple[list[dict], dict]:
+    """(findings, the model's detail: gallery, collages, errors) of model r's concepts of one class."""
+    layer = concept_layer[r]
+    sim = cv[(other, r)].similarity
+    self_sim = cv[(r, r)].similarity
+    pred = cv[(other, r)].predicted
+    findings, concepts = [], []
+    for j in range(f.concepts.W.shape[0]):
+        unique = bool(sim[j] < check.tau_sim)
+        important = bool(importance[r][j] > check.tau_imp)
+        findings.append({
+            "model": r, "other": other, "layer": layer, "other_layer": concept_layer[other], "class": cls,
+            "concept": j, "similarity": _round(sim[j]), "self_similarity": _round(self_sim[j]),
+            "importance": _round(importance[r][j]), "importance_raw": _round(raw[r][j]),
+            "unique": unique, "important": important,
+        })
+        top = core.one_per_image(np.argsort(-U[r][:, j], kind="stable"), image_of_row, GALLERY)
+        entry = {"concept": j, "top": [thumbs.patch(row, U[r][row, j]) for row in top]}
+        if unique:
+            col = core.collage_rows(U[r][:, j], pred[:, j], image_of_row, COLLAGE)
+            entry["collages"] = {
+                "top": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.top],
+                "over": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.over],
+                "under": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.under],
+                "real": [round(float(v), SCATTER_DIGITS) for v in U[r][:, j]],
+                "predicted": [round(float(v), SCATTER_DIGITS) for v in pred[:, j]],
+            }
+        concepts.append(entry)
+    detail = {
+        "other": other, "layer": layer,
+        "concepts": concepts,
+        "nmf_error_extraction": _round(f.concepts.relative_error),
+        "nnls_error_evaluation": _round(f.eval_error),
+        "mean_similarity": _round(sim.mean()),
+        "mean_self_similarity": _round(self_sim.mean()),
+        "head_top1_agreement": _round(model_info[r]["head"]["top1_agreement"]),
+        "head_mean_abs_logp_diff": _round(model_info[r]["head"]["mean_abs_logp_diff"]),
+    }
+    return findings, detail
+
+
+def _layerwise(fitted: dict, layers: dict[str, list[str]], r1: str, r2: str) -> dict:
+    """Every listed layer of model 1 against every listed layer of model 2: mean max correlation of concepts."""
+    matrix = [[_round(core.mean_max_similarity(core.pearson_matrix(fitted[(r1, a)].U_eval, fitted[(r2, b)].U_eval)))
+               for b in layers[r2]] for a in layers[r1]]
+    return {"rows": {"model": r1, "layers": list(layers[r1])}, "columns": {"model": r2, "layers": list(layers[r2])},
+            "mmcs": matrix}
+
+
 def _class_result(
     check: RsvcCheck, ctx: Context, cls: str, roles: list[str], layers: dict[str, list[str]], pool: Pool,
     seed: int, clock: Clock, notes: list[str],
@@ -326,17 +427,7 @@ def _class_result(
     shapes: dict = {}
     A_ext = {r: _means(ctx, check, r, layers[r], ext, clock, shapes) for r in roles}
     A_ev = {r: _means(ctx, check, r, layers[r], ev, clock, shapes) for r in roles}
-    fitted = {
-        (r, layer): _fit(A_ext[r][layer], A_ev[r][layer], check.concepts, derive_seed(seed, "nmf", cls, r, layer), clock)
-        for r in roles for layer in layers[r]
-    }
-    stopped = [f"{r} {layer}" for (r, layer), f in fitted.items() if not f.concepts.converged]
-    if stopped:
-        notes.append(f"class {cls}: NMF reached its iteration limit ({core.NMF_MAX_ITER}) before its tolerance for "
-                     f"{len(stopped)} of {len(fitted)} layers ({', '.join(stopped)}); those concepts are used as they stand")
-    for (r, layer), f in fitted.items():
-        if f.concepts.W.shape[0] < check.concepts:
-            notes.append(f"class {cls}, {r} {layer}: only {f.concepts.W.shape[0]} concepts (fewer patches or channels than K)")
+    fitted = _fit_layers(check, cls, roles, layers, A_ext, A_ev, seed, clock, notes)
 
     # Regression on the concept layers, both directions and the self baselines.
     n_img = len(split.evaluation)
@@ -356,28 +447,8 @@ def _class_result(
 
     # Importance through each model's head.
     t = time.perf_counter()
-    patches_ev = ev.patches()
-    importance: dict[str, np.ndarray] = {}
-    raw: dict[str, np.ndarray] = {}
-    model_info: dict[str, dict] = {}
-    for r in roles:
-        layer = concept_layer[r]
-        W = fitted[(r, layer)].concepts.W
-        scale = float(np.median(np.linalg.norm(U[r] @ W, axis=1)))
-        stats = GradStats()
-        grad = concept_gradient(ctx.models[r], layer, W, shapes[(r, layer)], patches_ev, target, scale, stats)
-        ig = core.integrated_gradients(U[r], grad, check.ig_steps).mean(axis=0)
-        peak = float(np.abs(ig).max(initial=0.0))
-        raw[r] = ig
-        importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
-        if stats.omitted_mass > 0:
-            notes.append(
-                f"class {cls}, {r}: classes with probability < {NEGLIGIBLE_PROBABILITY:g} everywhere were left out of "
-                f"the -CE gradient (largest probability mass left out: {stats.omitted_mass:.2g})"
-            )
-        full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
-        model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
-                         "head_rows": stats.head_rows}
+    importance, raw, model_info = _importance(check, ctx, cls, roles, concept_layer, fitted, U, shapes, A_ev, ev,
+                                              target, notes)
     clock.add("importance", t)
 
     # Findings, collages and the concept gallery.
@@ -388,44 +459,9 @@ def _class_result(
     models_detail = {}
     for r in roles:
         other = r2 if r == r1 else r1
-        layer = concept_layer[r]
-        f = fitted[(r, layer)]
-        sim = cv[(other, r)].similarity
-        self_sim = cv[(r, r)].similarity
-        pred = cv[(other, r)].predicted
-        concepts = []
-        for j in range(f.concepts.W.shape[0]):
-            unique = bool(sim[j] < check.tau_sim)
-            important = bool(importance[r][j] > check.tau_imp)
-            findings.append({
-                "model": r, "other": other, "layer": layer, "other_layer": concept_layer[other], "class": cls,
-                "concept": j, "similarity": _round(sim[j]), "self_similarity": _round(self_sim[j]),
-                "importance": _round(importance[r][j]), "importance_raw": _round(raw[r][j]),
-                "unique": unique, "important": important,
-            })
-            top = core.one_per_image(np.argsort(-U[r][:, j], kind="stable"), image_of_row, GALLERY)
-            entry = {"concept": j, "top": [thumbs.patch(row, U[r][row, j]) for row in top]}
-            if unique:
-                col = core.collage_rows(U[r][:, j], pred[:, j], image_of_row, COLLAGE)
-                collage_data = {
-                    "top": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.top],
-                    "over": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.over],
-                    "under": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.under],
-                    "real": [round(float(v), SCATTER_DIGITS) for v in U[r][:, j]],
-                    "predicted": [round(float(v), SCATTER_DIGITS) for v in pred[:, j]],
-                }
-                entry["collages"] = collage_data
-            concepts.append(entry)
-        models_detail[r] = {
-            "other": other, "layer": layer,
-            "concepts": concepts,
-            "nmf_error_extraction": _round(f.concepts.relative_error),
-            "nnls_error_evaluation": _round(f.eval_error),
-            "mean_similarity": _round(sim.mean()),
-            "mean_self_similarity": _round(self_sim.mean()),
-            "head_top1_agreement": _round(model_info[r]["head"]["top1_agreement"]),
-            "head_mean_abs_logp_diff": _round(model_info[r]["head"]["mean_abs_logp_diff"]),
-        }
+        rows, models_detail[r] = _model_concepts(check, cls, r, other, concept_layer, fitted[(r, concept_layer[r])], cv,
+                                                 importance, raw, U, model_info, thumbs, image_of_row)
+        findings += rows
     info["models"] = models_detail
     clock.add("collages", t)
     # Which images, in row order (evaluation patch row r is patch r % P of image r // P).
@@ -436,10 +472,7 @@ def _class_result(
 
     # Layerwise: every listed layer of model 1 against every listed layer of model 2.
     t = time.perf_counter()
-    matrix = [[_round(core.mean_max_similarity(core.pearson_matrix(fitted[(r1, a)].U_eval, fitted[(r2, b)].U_eval)))
-               for b in layers[r2]] for a in layers[r1]]
-    layerwise = {"rows": {"model": r1, "layers": list(layers[r1])}, "columns": {"model": r2, "layers": list(layers[r2])},
-                 "mmcs": matrix}
+    layerwise = _layerwise(fitted, layers, r1, r2)
     clock.add("layerwise", t)
     return findings, info, layerwise
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from auditor.schemas.artifact_probe import ProbeFinding
-from auditor.schemas.artifact_probe import compare as compare_probe
+from auditor.schemas.artifact_probe import compare as compare_probe  # its probe findings compare as the probe's
 from auditor.schemas.common import ArtifactSpec, FolderSpec, Severity, Strict, compare_flags
 
 

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from auditor.schemas.tcav import ConceptFinding, compare  # noqa: F401  (SACV findings compare as TCAV's)
+from auditor.schemas.tcav import ConceptFinding
+from auditor.schemas.tcav import compare as compare  # SACV findings compare as TCAV's
 
 from auditor.schemas.common import DEFAULT_STATISTIC, ConceptRequirement, FolderSpec, Severity, Strict
 
