@@ -20,8 +20,8 @@ from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
 from auditor.methods import stats
 from auditor.policy import Policy
-from auditor.schemas.artifact_probe import ArtifactProbeCheck
-from auditor.schemas.common import ArtifactSpec
+from auditor.schemas.artifact_probe import ArtifactProbeCheck, ProbeFinding
+from auditor.schemas.common import ArtifactSpec, checked_rows
 from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 
@@ -221,7 +221,7 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
         severity=check.severity,
         summary=summary,
         requirement=requirement_line(reqs),
-        findings=findings,
+        findings=checked_rows(ProbeFinding, findings),
         details={
             "settings": {
                 "artifact": check.artifact.model_dump(),

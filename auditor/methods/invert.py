@@ -37,7 +37,8 @@ from auditor.methods.invert_search import (
 from auditor.policy import Policy, check_layers
 from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
-from auditor.schemas.invert import InvertCheck, InvertRequirement
+from auditor.schemas.common import checked_rows
+from auditor.schemas.invert import InvertCheck, InvertProbeFinding, InvertRequirement, UnitFinding
 
 # Units listed as findings besides the flagged ones: held-out AUC above this (the rest go to the appendix table).
 REPORT_AUC = 0.75
@@ -424,7 +425,8 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
         status = Status.WARN
     else:
         status = Status.PASS
-    findings = [u for u in units if u["flagged"] or (u["auc"] is not None and u["auc"] > REPORT_AUC)] + probe
+    listed = [u for u in units if u["flagged"] or (u["auc"] is not None and u["auc"] > REPORT_AUC)]
+    findings = checked_rows(UnitFinding, listed) + checked_rows(InvertProbeFinding, probe)
     details = {
         "settings": _settings(check, labels, search_rows, eval_rows, lo, hi, len(units), probe),
         "layers": layers_by_model,

@@ -39,7 +39,8 @@ from auditor.models.base import Model
 from auditor.policy import check_layers
 from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
-from auditor.schemas.rsvc import RsvcCheck, RsvcRequirement
+from auditor.schemas.common import checked_rows
+from auditor.schemas.rsvc import RsvcCheck, RsvcFinding, RsvcRequirement
 from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
     Clock, Pool, _pool, is_negative, layer_where, negative_message, split_images,
 )
@@ -589,5 +590,5 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
         requirement=requirement_line(reqs),
-        findings=findings, details=details,
+        findings=checked_rows(RsvcFinding, findings), details=details,
     )

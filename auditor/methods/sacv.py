@@ -56,7 +56,8 @@ from auditor.methods.spatial import (
 from auditor.models.base import has_layer_grads
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult
-from auditor.schemas.sacv import SacvCheck
+from auditor.schemas.common import checked_rows
+from auditor.schemas.sacv import SacvCheck, SacvFinding
 
 # Overlay thumbnails embedded in results.json (the report draws from results.json alone, never from the
 # image folders, which may not exist where the report is re-rendered).
@@ -513,5 +514,5 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
         details["null"] = plan["null"]
     return CheckResult(
         id=check.id, method="sacv", status=status, severity=check.severity, summary=summary,
-        requirement=requirement_line(reqs), findings=rows, details=details,
+        requirement=requirement_line(reqs), findings=checked_rows(SacvFinding, rows), details=details,
     )

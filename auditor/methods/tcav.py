@@ -26,6 +26,8 @@ from auditor.methods.concept_scores import (
 from auditor.models.base import has_layer_grads
 from auditor.policy import TcavCheck, check_layers, relative_name
 from auditor.results import CheckResult, Status
+from auditor.schemas.common import checked_rows
+from auditor.schemas.tcav import TcavFinding
 
 @dataclass(frozen=True)
 class Cell:
@@ -429,7 +431,7 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
         severity=check.severity,
         summary=summary,
         requirement=requirement_line(reqs),
-        findings=rows,
+        findings=checked_rows(TcavFinding, rows),
         details=details,
     )
 
