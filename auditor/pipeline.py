@@ -21,7 +21,7 @@ from auditor import __version__, data
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import CheckError, NonFiniteError, UserError
-from auditor.methods import METHODS, exchangeable
+from auditor.methods import METHODS
 from auditor.models import Model, load_model
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
@@ -195,10 +195,6 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, models: dict[str, Model
                     f"at least {MIN_CONCEPT_IMAGES} (a CAV is fitted and tested on a split of them)"
                 )
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
-    for i, c in enumerate(policy.checks):  # what the exchangeability test needs of the pool and concept folders
-        problems.extend(exchangeable.size_problems(
-            c, f"checks[{i}]", None if pool is None else len(pool),
-            {k: len(v) for k, v in concepts.items() if v is not None}))
     own: list[data.ImageSet] = []
     for i, c in enumerate(policy.checks):
         if reads[c.id].pastes and c.artifact is not None:

@@ -117,3 +117,20 @@ def test_sacvs_own_image_folder_without_a_class_fails_validate(world):
     text = policy.read_text().replace("data:\n", "data:\n  concepts: {folder: world/concepts}\n  random: {folder: world/random}\n")
     policy.write_text(text)
     _one_line(_validate(policy), "checks[0].images:", "own/a")
+
+
+def test_a_welch_tcav_check_larger_than_the_random_pool_fails_validate(world):
+    """Under Welch, TCAV draws N + 1 disjoint random sets; a pool too small for them stopped the audit mid-run."""
+    policy = _policy(world, """  - id: t
+    method: tcav
+    test: welch
+    classes: [a]
+    concepts: [red]
+    random_sets: 9
+    set_size: 10
+""")  # (9 + 1) x 10 = 100 images: the pool has them; 11 sets do not fit
+    text = policy.read_text().replace("data:\n", "data:\n  concepts: {folder: world/concepts}\n  random: {folder: world/random}\n")
+    policy.write_text(text)
+    assert _validate(policy).returncode == 0
+    policy.write_text(text.replace("random_sets: 9", "random_sets: 10"))
+    _one_line(_validate(policy), "checks[0]: test welch draws 11 disjoint random sets of 10", "the pool has 100")

@@ -21,7 +21,8 @@ METHODS: dict[str, Method] = {
         schema=_tcav.TcavCheck, run=Lazy("auditor.methods.tcav", "run"),
         reads=Reads(layers=True, classes=True, concepts=True),
         findings={"": FindingKind(_tcav.TcavFinding, CONCEPT_KEY, _tcav.compare)},
-        family="audit", correct=Lazy("auditor.methods.tcav", "correct_family"),
+        family="audit", validate=Lazy("auditor.methods.concept_scores", "validate"),
+        correct=Lazy("auditor.methods.tcav", "correct_family"),
     ),
     "artifact_probe": Method(
         schema=_probe.ArtifactProbeCheck, run=Lazy("auditor.methods.artifact", "run"),

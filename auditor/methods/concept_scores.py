@@ -8,11 +8,13 @@ cosines, the two permutation p-values and `learned` / `tested`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from auditor import data
+from auditor.errors import UserError
 from auditor.methods import exchangeable, stats
 from auditor.methods.requirements import met_summary
 from auditor.policy import TcavRequirement
@@ -38,6 +40,31 @@ class Null:
     scores: np.ndarray  # (M,)
     cosines: np.ndarray  # (M,)
     kind: str = "concept"  # "relative": pseudo-pairs, the null of the check's relative cells (A vs B)
+
+
+def _count(folder: Path) -> int | None:
+    """Images in a folder, or None when it cannot be listed (the pipeline names the folder)."""
+    try:
+        return len(data.list_images(folder))
+    except UserError:
+        return None
+
+
+def validate(check: Any, policy: Any, pre: data.Preprocessing, where: str, problems: list[str],
+             models: dict) -> list[data.ImageSet]:
+    """TCAV's and SACV's random draws fit the policy's folders: the random pool holds the N + 1 paired sets (and,
+    under the exchangeability test, the spare sets of the pseudo-concepts); a concept folder holds set_size images
+    under that test. (Before, a Welch check with a small pool stopped the audit mid-run.)"""
+    d = policy.data
+    pool = None if d.random is None else _count(policy.resolve(d.random.folder))
+    concepts = {}
+    if d.concepts is not None:
+        for c in check.concepts:
+            n = _count(policy.resolve(d.concepts.folder) / c)
+            if n is not None:
+                concepts[c] = n
+    problems.extend(exchangeable.size_problems(check, where, pool, concepts))
+    return []
 
 
 def _finite(x: float) -> float | None:

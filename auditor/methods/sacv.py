@@ -41,7 +41,7 @@ from PIL import Image
 from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
-from auditor.methods import exchangeable, stats
+from auditor.methods import concept_scores, exchangeable, stats
 from auditor.methods.cav import Cav
 from auditor.methods.requirements import requirement_line
 from auditor.methods.concept_scores import (
@@ -166,6 +166,7 @@ def validate(
 ) -> list[data.ImageSet]:
     """The check's own class folder and masks exist and decode, and every class image has its mask. Returns the
     sets only this check reads (its own images, masks and concept masks), for the provenance table."""
+    concept_scores.validate(check, policy, pre, where, problems, models)  # the random draws fit the folders
     root = _classes_root(check, policy)
     masks = _masks_root(check, policy)
     own: list[data.ImageSet | None] = []
