@@ -90,3 +90,20 @@ def test_a_registered_toy_method_runs_end_to_end(tiny_world, tmp_path, monkeypat
     d = diff.diff_results(results.from_dict(json.loads(results.dumps(old))), new)
     assert [f["change"] for f in d["findings"]] == ["no longer high"] * 4
     assert d["findings"][0]["key"] == {"model": "candidate", "class": "a"}
+
+
+def test_the_committed_sample_findings_round_trip_through_their_dataclasses():
+    """Every finding of the shipped sample results.json (every method) rebuilds as its method's dataclass and
+    writes back to exactly the same dict: the dataclasses cover today's keys, no more, no fewer."""
+    from pathlib import Path
+
+    from auditor.schemas.common import finding_to_json
+
+    sample = results.read(Path(__file__).resolve().parents[1] / "sample_reports" / "results.json")
+    assert {c.method for c in sample.checks} == set(METHODS)
+    for check in sample.checks:
+        typed = results.typed_findings(check)
+        assert typed and all(dataclasses.is_dataclass(f) for f in typed)
+        assert [finding_to_json(f) for f in typed] == check.findings, check.id
+        assert json.loads(results.dumps(dataclasses.replace(sample, checks=[dataclasses.replace(check, findings=typed)])))[
+            "checks"][0]["findings"] == check.findings
