@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from auditor.methods import METHODS
+from auditor.methods.descriptor import FindingKind
 from auditor.results import AuditResult
 
-# The fields that identify a finding, per method; findings of other methods are matched on every string field.
-FINDING_KEYS: dict[str, tuple[str, ...]] = {
-    "tcav": ("model", "layer", "class", "concept"),
-    "sacv": ("model", "layer", "class", "concept"),
-    "artifact_probe": ("model", "class", "artifact"),
-    "invert": ("model", "layer", "unit"),  # unit findings; its logit-probe findings use INVERT_PROBE_KEYS
-    "rsvc": ("model", "other", "layer", "class", "concept"),
-}
-INVERT_PROBE_KEYS = ("model", "class", "artifact")
 # A score that moves by more than this is reported even when no verdict flipped.
 SCORE_MOVE = 0.1
 
@@ -32,43 +25,23 @@ def _side(r: AuditResult) -> dict[str, Any]:
     }
 
 
+def _kind(method: str, finding: dict[str, Any]) -> FindingKind | None:
+    """The finding's kind in the method's descriptor; None for a method this version does not know."""
+    return METHODS[method].kind_of(finding) if method in METHODS else None
+
+
 def _key(method: str, finding: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    fields = FINDING_KEYS.get(method) or tuple(sorted(k for k, v in finding.items() if isinstance(v, str)))
-    if method == "invert" and finding.get("kind") == "probe":
-        fields = INVERT_PROBE_KEYS
+    kind = _kind(method, finding)
+    fields = kind.key if kind is not None else tuple(sorted(k for k, v in finding.items() if isinstance(v, str)))
     return tuple((f, str(finding.get(f))) for f in fields)
 
 
-def _flag_change(old: Any, new: Any, yes: str, no: str) -> list[str]:
-    if bool(old) == bool(new):
-        return []
-    return [yes if new else no]
-
-
 def _compare(method: str, old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], dict, dict]:
-    """The changes between two findings of the same key, and the numbers that show them."""
-    if method in ("tcav", "sacv"):
-        changes = _flag_change(old.get("significant"), new.get("significant"),
-                               "became significant", "no longer significant")
-        if old.get("learned") != new.get("learned"):
-            changes.append("concept now learned" if new.get("learned") else "concept no longer learned")
-        fields = ("score", "p_adjusted", "significant")
-        score = "score"
-    elif method == "invert" and new.get("kind") == "unit":
-        changes = _flag_change(old.get("flagged"), new.get("flagged"), "became flagged", "no longer flagged")
-        if old.get("forbidden") != new.get("forbidden"):
-            changes.append(f"forbidden concepts in its formula: {old.get('forbidden')} -> {new.get('forbidden')}")
-        fields = ("formula", "auc", "p_adjusted", "flagged")
-        score = "auc"
-    elif method == "rsvc":  # concept indices name NMF factors: comparable while the model's file is unchanged
-        both = lambda f: bool(f.get("unique")) and bool(f.get("important"))  # noqa: E731
-        changes = _flag_change(both(old), both(new), "became unique and important", "no longer unique and important")
-        fields = ("similarity", "importance", "unique", "important")
-        score = "similarity"
-    elif method in ("artifact_probe", "invert"):
-        changes = _flag_change(old.get("reliant"), new.get("reliant"), "became reliant", "no longer reliant")
-        fields = ("auc", "reliant")
-        score = "auc"
+    """The changes between two findings of the same key, and the numbers that show them (the method's own
+    comparison; an unknown method's findings compare on their boolean fields)."""
+    kind = _kind(method, new)
+    if kind is not None:
+        changes, fields, score = kind.compare(old, new)
     else:
         flags = sorted(k for k, v in new.items() if isinstance(v, bool))
         changes = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in flags if old.get(k) != new.get(k)]

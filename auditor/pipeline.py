@@ -20,8 +20,8 @@ import numpy as np
 from auditor import __version__, data
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
-from auditor.errors import NonFiniteError, UserError
-from auditor.methods import METHODS, VALIDATORS, exchangeable, tcav
+from auditor.errors import CheckError, NonFiniteError, UserError
+from auditor.methods import METHODS
 from auditor.models import Model, load_model
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
@@ -131,44 +131,44 @@ def _check_layers(policy: Policy, models: dict[str, Model], problems: list[str])
     # SACV works on positions: a layer without a C x H x W output is a policy mistake, known before anything runs.
     shapes = {role: {li.name: tuple(li.shape) for li in m.layers()} for role, m in models.items()}
     for i, c in enumerate(policy.checks):
-        if c.method != "sacv":
+        if not METHODS[c.method].reads.conv_layers:
             continue
         for role, names in check_layers(policy, c).items():
             own = role in layer_overrides(c)
             for j, name in enumerate(names):
                 shape = shapes.get(role, {}).get(name)
                 if shape is not None and len(shape) != 3:
-                    where = f"checks[{i}].layers.{role}[{j}]" if own else f"layers.{role}[{j}] (read by checks[{i}], sacv)"
+                    where = (f"checks[{i}].layers.{role}[{j}]" if own
+                             else f"layers.{role}[{j}] (read by checks[{i}], {c.method})")
                     problems.append(
-                        f"{where}: sacv needs convolutional layers (C x H x W); {name!r} of model {role!r} has shape "
-                        f"{shape}"
+                        f"{where}: {c.method} needs convolutional layers (C x H x W); {name!r} of model {role!r} has "
+                        f"shape {shape}"
                     )
 
 
 # Fewest images in a concept folder (see `_image_sets`).
 MIN_CONCEPT_IMAGES = 3
-# Methods that read the class folders of the checks' `classes`, and the concept folders of their `concepts`.
-CLASS_SET_METHODS = ("tcav", "sacv", "rsvc")
-CONCEPT_METHODS = ("tcav", "sacv")
-# Methods that paste an artifact onto clean images (by default every class folder).
-PASTING_METHODS = ("artifact_probe", "invert")
+
+
+def _paste_images_key(check) -> str:
+    """The key of the clean images a pasting check names (the probe's `images`, INVERT's `artifact_images`)."""
+    return "images" if hasattr(check, "images") else "artifact_images"
 
 
 def _pastes_onto_classes(check) -> bool:
-    if check.method == "artifact_probe":
-        return check.images is None
-    return check.artifact is not None and check.artifact_images is None
+    """A pasting check with an artifact and no folder of its own pastes onto every class folder."""
+    return getattr(check, "artifact", None) is not None and getattr(check, _paste_images_key(check), None) is None
 
 
-def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) -> ImageSets:
+def _image_sets(policy: Policy, pre: data.Preprocessing, models: dict[str, Model], problems: list[str]) -> ImageSets:
     # (sacv and rsvc checks with their own `images:` folder read and validate that folder themselves.)
+    reads = {c.id: METHODS[c.method].reads for c in policy.checks}
     needed_classes = sorted({
-        k for c in policy.checks
-        if c.method in CLASS_SET_METHODS and getattr(c, "images", None) is None for k in c.classes
+        k for c in policy.checks if reads[c.id].classes and getattr(c, "images", None) is None for k in c.classes
     })
-    if any(c.method in PASTING_METHODS and _pastes_onto_classes(c) for c in policy.checks):
+    if any(reads[c.id].pastes and _pastes_onto_classes(c) for c in policy.checks):
         needed_classes = list(policy.data.classes.names)  # the probe pastes onto every class's clean images
-    needed_concepts = sorted({k for c in policy.checks if c.method in CONCEPT_METHODS for k in c.concepts})
+    needed_concepts = sorted({k for c in policy.checks if reads[c.id].concepts for k in c.concepts})
     d = policy.data
 
     def folder(where: str, path: Path, name: str) -> data.ImageSet | None:
@@ -195,13 +195,9 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
                     f"at least {MIN_CONCEPT_IMAGES} (a CAV is fitted and tested on a split of them)"
                 )
     pool = folder("data.random", policy.resolve(d.random.folder), "random-pool") if d.random is not None else None
-    for i, c in enumerate(policy.checks):  # what the exchangeability test needs of the pool and concept folders
-        problems.extend(exchangeable.size_problems(
-            c, f"checks[{i}]", None if pool is None else len(pool),
-            {k: len(v) for k, v in concepts.items() if v is not None}))
     own: list[data.ImageSet] = []
     for i, c in enumerate(policy.checks):
-        if c.method in PASTING_METHODS and c.artifact is not None:
+        if reads[c.id].pastes and c.artifact is not None:
             artifact = policy.resolve(c.artifact.image)
             if not artifact.is_file():
                 problems.append(f"checks[{i}].artifact.image: file not found: {artifact}")
@@ -210,13 +206,13 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, problems: list[str]) ->
                 problems.extend(f"checks[{i}].artifact.image: {line}" for line in broken)
                 if not broken:
                     own.append(data.image_set(f"{c.id}:artifact", [artifact], pre))
-            images = c.images if c.method == "artifact_probe" else c.artifact_images
+            key = _paste_images_key(c)
+            images = getattr(c, key)
             if images is not None:
-                key = "images" if c.method == "artifact_probe" else "artifact_images"
                 own.append(folder(f"checks[{i}].{key}", policy.resolve(images.folder), f"probe-images:{c.id}"))
-        validate = VALIDATORS.get(c.method)
+        validate = METHODS[c.method].validate
         if validate is not None:  # files only this method reads (e.g. INVERT's labels.csv)
-            own.extend(validate(c, policy, pre, f"checks[{i}]", problems))
+            own.extend(validate(c, policy, pre, f"checks[{i}]", problems, models))
     return ImageSets(
         classes={k: v for k, v in classes.items() if v is not None},
         concepts={k: v for k, v in concepts.items() if v is not None},
@@ -235,7 +231,7 @@ def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Cont
     _probe_models(policy, models, problems)
     _check_layers(policy, models, problems)
     log("checking image sets")
-    sets = _image_sets(policy, pre, problems)
+    sets = _image_sets(policy, pre, models, problems)
     if problems:
         raise PolicyError(policy.source, problems)
     return Context(policy=policy, models=models, sets=sets, store=Store(cache_dir, pre, log), log=log)
@@ -287,10 +283,10 @@ def provenance(ctx: Context, command: str) -> Provenance:
 
 def _run_check(check, ctx: Context, errors_log: Path | None) -> CheckResult:
     try:
-        return METHODS[check.method](check, ctx)
+        return METHODS[check.method].run(check, ctx)
     except UserError:
         raise
-    except NonFiniteError as e:  # the model's fault, not ours: ERROR saying which model and layer, no traceback
+    except CheckError as e:  # e.g. the model's NaN: ERROR saying which model and layer, no traceback
         ctx.log(f"check {check.id}: {e}")
         return CheckResult(
             id=check.id, method=check.method, status=Status.ERROR, severity=check.severity,
@@ -309,6 +305,22 @@ def _run_check(check, ctx: Context, errors_log: Path | None) -> CheckResult:
         )
 
 
+def correct_families(specs: list, results: list[CheckResult]) -> list[CheckResult]:
+    """Each method's audit-wide multiple-comparison correction (METHODS[m].correct), over its checks that did not
+    crash, in policy order; `specs[i]` is the policy check of `results[i]`."""
+    out = list(results)
+    for name, method in METHODS.items():
+        if method.correct is None:
+            continue
+        mine = [i for i, r in enumerate(results) if r.method == name and r.status != Status.ERROR]
+        if not mine:
+            continue
+        corrected = method.correct([specs[i] for i in mine], [results[i] for i in mine])
+        for i, r in zip(mine, corrected):
+            out[i] = r
+    return out
+
+
 def run_audit(
     policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None
 ) -> RunOutcome:
@@ -317,7 +329,7 @@ def run_audit(
     for check in policy.checks:
         log(f"check {check.id} ({check.method})")
         checks.append(_run_check(check, ctx, errors_log))
-    checks = tcav.correct_family(list(policy.checks), checks)
+    checks = correct_families(list(policy.checks), checks)
     verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
     s = ctx.store.stats
     log(

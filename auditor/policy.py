@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator,
+    BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, create_model, field_validator,
+    model_validator,
 )
 
 from auditor.errors import UserError
-from auditor.schemas.common import DEFAULT_STATISTIC, ArtifactSpec, ConceptRequirement, FolderSpec, Severity
+from auditor.schemas.common import (  # noqa: F401  (ArtifactSpec, ConceptRequirement, Severity: re-exported)
+    DEFAULT_STATISTIC, ArtifactSpec, ConceptRequirement, FolderSpec, Severity,
+)
 from auditor.schemas.common import Strict as _Strict
-from auditor.schemas.invert import InvertCheck
-from auditor.schemas.rsvc import RsvcCheck
-from auditor.schemas.sacv import SacvCheck
+from auditor.schemas.artifact_probe import ArtifactProbeCheck, ProbeRequirement  # noqa: F401  (re-exported)
+from auditor.schemas.invert import InvertCheck  # noqa: F401
+from auditor.schemas.rsvc import RsvcCheck  # noqa: F401
+from auditor.schemas.sacv import SacvCheck  # noqa: F401
+from auditor.schemas.tcav import TcavCheck, TcavRequirement  # noqa: F401
 
-TcavRequirement = ConceptRequirement  # the name tcav.py and older code use
+# Schemas other modules import from here (they live in auditor/schemas/).
+__all__ = [
+    "ArtifactProbeCheck", "ArtifactSpec", "ConceptRequirement", "DEFAULT_STATISTIC", "InvertCheck", "Policy",
+    "PolicyError", "ProbeRequirement", "RsvcCheck", "SacvCheck", "Severity", "TcavCheck", "TcavRequirement",
+    "check_layers", "layer_overrides", "load_policy", "parse_policy", "relative_name",
+]
 
 
 class PolicyError(UserError):
@@ -155,62 +166,6 @@ class DataSpec(_Strict):
     masks: FolderSpec | None = None  # optional object masks: masks/<class>/<same file name as the image>
 
 
-class TcavCheck(_Strict):
-    id: str
-    method: Literal["tcav"]
-    severity: Literal["critical", "major", "minor"] = "major"
-    description: str = ""
-    classes: list[str] = Field(min_length=1)
-    concepts: list[str] = Field(min_length=1)
-    models: list[str] | None = None  # default: every model of the policy
-    layers: dict[str, list[str]] | None = None  # default: the policy's `layers`
-    cav: Literal["logistic", "sgd", "mean"] = "logistic"
-    space: Literal["pooled", "flatten"] = "pooled"
-    random_sets: int = Field(default=10, ge=2, le=100)
-    set_size: int = Field(default=50, ge=10)
-    class_images: int | None = Field(default=None, ge=1)  # cap on class images per class (seeded subsample)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    # Relative TCAV: pairs [A, B] of the check's concepts; the CAV separates A from B (not from random), and its
-    # cells are named "A vs B" (requirements may name them so).
-    relative: list[tuple[str, str]] = []
-    # Significance (METHODS.md, TCAV item 4): `exchangeable` tests the concept against pseudo-concepts (random-pool
-    # sets scored alike); `welch` is the paper's test against random-vs-random runs, for published comparisons.
-    test: Literal["exchangeable", "welch"] = "exchangeable"
-    # Which statistic decides under `exchangeable` (both are computed and reported): the TCAV score (s1) or the
-    # cosine sensitivity (s2). The default is the one METHODS.md's rule picked on the demo (README).
-    statistic: Literal["score", "cosine"] = DEFAULT_STATISTIC
-    max_pseudo: int = Field(default=2000, ge=19)  # cap on the pseudo-concepts (a WARN names it when it binds)
-    require: list[ConceptRequirement] = []
-
-
-class ProbeRequirement(_Strict):
-    model: str = "candidate"  # a role, or "all"
-    max_reliant_classes: int = Field(default=0, ge=0)
-
-
-class ArtifactProbeCheck(_Strict):
-    """Causal probe: paste the artifact (and, as a control, a neutral patch of the image's mean colour at the
-    same place) onto clean images and ask whether class logits move. Decides forbidden-concept requirements."""
-
-    id: str
-    method: Literal["artifact_probe"]
-    severity: Literal["critical", "major", "minor"] = "major"
-    description: str = ""
-    artifact: ArtifactSpec
-    images: FolderSpec | None = None  # clean images to paste onto; default: every class folder of data.classes
-    classes: list[str] = []  # logits to test; default every class
-    models: list[str] | None = None
-    images_per_class: int | None = Field(default=100, ge=1)  # cap per class folder (seeded subsample)
-    threshold: float = Field(default=0.7, gt=0.5, lt=1)  # AUC above it: the artifact raises the class logit
-    direction: Literal["raise", "both"] = "raise"  # both: AUC below 1 - threshold (suppression) also counts
-    require: list[ProbeRequirement] = []
-
-
-Check = Annotated[
-    Union[TcavCheck, ArtifactProbeCheck, SacvCheck, RsvcCheck, InvertCheck], Field(discriminator="method")
-]
-
-
 class Policy(_Strict):
     title: str = "Concept audit"
     seed: int = 0
@@ -218,7 +173,8 @@ class Policy(_Strict):
     preprocessing: PreprocessingSpec = PreprocessingSpec()
     data: DataSpec
     layers: dict[str, list[str]] = {}  # per model; methods that read layers (tcav) need one per audited model
-    checks: list[Check] = Field(min_length=1)
+    # Any check schema of auditor.methods.METHODS: `policy_model()` narrows this to their union at parse time.
+    checks: list[Any] = Field(min_length=1)
 
     # Filled by load_policy, not by the YAML.
     root: Path = Field(default=Path("."), exclude=True)
@@ -236,8 +192,37 @@ class Policy(_Strict):
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
 
-METHOD_TAGS = ("tcav", "artifact_probe", "sacv", "rsvc", "invert")
-LAYERED_METHODS = ("tcav", "sacv", "rsvc", "invert")  # methods that read layer activations
+def method_tags() -> tuple[str, ...]:
+    """The methods a policy may name: the keys of auditor.methods.METHODS, read when a policy is parsed (so a
+    method added to the registry, e.g. by a test, is accepted without editing this module)."""
+    from auditor.methods import METHODS
+
+    return tuple(METHODS)
+
+
+def reads_concepts(method: str) -> bool:
+    from auditor.methods import METHODS
+
+    return method in METHODS and METHODS[method].reads.concepts
+
+
+def reads_layers(method: str) -> bool:
+    from auditor.methods import METHODS
+
+    return method in METHODS and METHODS[method].reads.layers
+
+
+@lru_cache(maxsize=8)
+def _policy_model(schemas: tuple[type, ...]) -> type[Policy]:
+    checks = Annotated[Union[schemas], Field(discriminator="method")] if len(schemas) > 1 else schemas[0]
+    return create_model("Policy", __base__=Policy, checks=(list[checks], Field(min_length=1)))
+
+
+def policy_model() -> type[Policy]:
+    """Policy with `checks` the discriminated union (on `method`) of every registered method's check schema."""
+    from auditor.methods import METHODS
+
+    return _policy_model(tuple(m.schema for m in METHODS.values()))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -249,7 +234,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
             prev_int = True
             continue
-        if prev_int and part in METHOD_TAGS:  # the discriminator tag pydantic inserts after a list index
+        if prev_int and part in method_tags():  # the discriminator tag pydantic inserts after a list index
             prev_int = False
             continue
         prev_int = False
@@ -265,7 +250,7 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        return f"{where}: unknown method {err.get('input', {}).get('method')!r} (supported: {', '.join(METHOD_TAGS)})" if isinstance(
+        return f"{where}: unknown method {err.get('input', {}).get('method')!r} (supported: {', '.join(method_tags())})" if isinstance(
             err.get("input"), dict
         ) else f"{where}: {err['msg']}"
     msg = err["msg"].removeprefix("Value error, ")
@@ -358,7 +343,7 @@ def parse_policy(text: str, source: str, root: Path) -> Policy:
         raise PolicyError(source, [f"{k}: unknown key (check the spelling; allowed keys are in policies/reference.yaml)" for k in internal])
     _names_file(raw, source, root)
     try:
-        policy = Policy.model_validate(raw)
+        policy = policy_model().model_validate(raw)
     except ValidationError as e:
         raise PolicyError(source, [_message(err) for err in e.errors()]) from None
     policy = policy.model_copy(
@@ -404,37 +389,36 @@ def _cross_check(policy: Policy) -> list[str]:
     names = policy.data.classes.names
     for i, check in enumerate(policy.checks):
         here = f"checks[{i}]"
-        for j, role in enumerate(check.models or []):
+        for j, role in enumerate(getattr(check, "models", None) or []):
             if role not in policy.models:
                 problems.append(f"{here}.models[{j}]: no model called {role!r} ({', '.join(roles)})")
         for role in layer_overrides(check):
             if role not in policy.models:
                 problems.append(f"{here}.layers.{role}: no model called {role!r} ({', '.join(roles)})")
-        for j, c in enumerate(check.classes):
+        for j, c in enumerate(getattr(check, "classes", [])):
             if c not in names:
                 problems.append(f"{here}.classes[{j}]: {c!r} is not in data.classes.names ({_few(names)})")
-        if check.method in LAYERED_METHODS:
-            for role in check.models or roles:
+        if reads_layers(check.method):
+            for role in getattr(check, "models", None) or roles:
                 if role in policy.models and role not in policy.layers and role not in (check.layers or {}):
                     problems.append(
                         f"{here}: {check.method} needs layers for model {role!r} (in `layers` or the check's own)"
                     )
-        if check.method in ("tcav", "sacv"):
+        if reads_concepts(check.method):
             if policy.data.concepts is None:
                 problems.append(f"{here}: {check.method} needs data.concepts (a folder of concept subfolders)")
             if policy.data.random is None:
                 problems.append(f"{here}: {check.method} needs data.random (a pool of random images)")
-        for j, r in enumerate(check.require):
-            if r.model != "all" and r.model not in policy.models:
+        for j, r in enumerate(getattr(check, "require", [])):
+            if getattr(r, "model", "all") != "all" and r.model not in policy.models:
                 problems.append(f"{here}.require[{j}].model: no model called {r.model!r} ({', '.join(roles)})")
-        if check.method == "tcav":
-            for j, (a, b) in enumerate(check.relative):
-                for name in (a, b):
-                    if name not in check.concepts:
-                        problems.append(f"{here}.relative[{j}]: {name!r} is not in the check's concepts")
-                if a == b:
-                    problems.append(f"{here}.relative[{j}]: a concept cannot be compared with itself")
-        if check.method in ("tcav", "sacv"):
+        for j, (a, b) in enumerate(getattr(check, "relative", [])):  # relative TCAV: pairs of its concepts
+            for name in (a, b):
+                if name not in check.concepts:
+                    problems.append(f"{here}.relative[{j}]: {name!r} is not in the check's concepts")
+            if a == b:
+                problems.append(f"{here}.relative[{j}]: a concept cannot be compared with itself")
+        if reads_concepts(check.method):
             named = list(check.concepts) + [relative_name(a, b) for a, b in getattr(check, "relative", [])]
             for j, r in enumerate(check.require):
                 if r.concept not in named:
@@ -461,13 +445,13 @@ def relative_name(a: str, b: str) -> str:
 
 def layer_overrides(check: Any) -> dict[str, list[str]]:
     """A check's own `layers:` (methods that read no layer, like the artifact probe, have none)."""
-    return (check.layers or {}) if check.method in LAYERED_METHODS else {}
+    return (check.layers or {}) if reads_layers(check.method) else {}
 
 
 def check_layers(policy: Policy, check: Any) -> dict[str, list[str]]:
     """The layers a check audits per model: its own `layers:` where given, else the policy's."""
-    if check.method not in LAYERED_METHODS:
+    if not reads_layers(check.method):
         return {}
-    roles = check.models or list(policy.models)
+    roles = getattr(check, "models", None) or list(policy.models)
     layers = layer_overrides(check)
     return {role: list(layers.get(role, policy.layers[role])) for role in roles}

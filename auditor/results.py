@@ -6,7 +6,7 @@ results.json is the single source of truth for rendering: the report is drawn fr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ class CheckResult:
     severity: str
     summary: str
     requirement: str
-    findings: list[dict[str, Any]]
+    # Each a dict as results.json holds it, or a typed finding (a frozen dataclass of auditor/schemas, which
+    # `to_dict` writes with the same keys); `typed_findings` gives the dataclasses either way.
+    findings: list[Any]
     # Method-specific material the report draws from (settings, per-run scores, notes); JSON-safe values only.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -80,11 +82,30 @@ class AuditResult:
     baseline: dict[str, Any] | None = None
 
 
+def _json_findings(check: CheckResult) -> CheckResult:
+    """The check with typed findings (frozen dataclasses of auditor/schemas) as results.json's dicts."""
+    from auditor.schemas.common import finding_to_json
+
+    if not any(is_dataclass(f) for f in check.findings):
+        return check
+    return replace(check, findings=[finding_to_json(f) if is_dataclass(f) else f for f in check.findings])
+
+
 def to_dict(result: AuditResult) -> dict[str, Any]:
-    d = asdict(result)
+    d = asdict(replace(result, checks=[_json_findings(c) for c in result.checks]))
     for c in d["checks"]:
         c["status"] = Status(c["status"]).value
     return d
+
+
+def typed_findings(check: CheckResult) -> list[Any]:
+    """The check's findings as their method's frozen dataclasses (METHODS[method]'s finding kinds), whether the
+    check holds dicts (read from results.json) or typed findings already."""
+    from auditor.methods import METHODS
+    from auditor.schemas.common import finding_from_json
+
+    method = METHODS[check.method]
+    return [f if is_dataclass(f) else finding_from_json(method.kind_of(f).type, f) for f in check.findings]
 
 
 def from_dict(d: dict[str, Any]) -> AuditResult:

@@ -51,7 +51,7 @@ def timed(demo_out: Path, method: str, test: str, tmp: Path, cav: str | None = N
     ctx = pipeline.prepare(policy, cache, lambda _m: None)
     check = policy.checks[0]
     start = time.perf_counter()
-    result = METHODS[check.method](check, ctx)
+    result = METHODS[check.method].run(check, ctx)
     return time.perf_counter() - start, result.summary
 
 

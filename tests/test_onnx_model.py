@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import auditor.models.onnx_head as onnx_head
 import auditor.models.onnx_model as onnx_model
 from auditor.errors import UserError
 from auditor.models.onnx_model import OnnxModel, load_onnx
@@ -312,7 +313,7 @@ def test_directional_is_independent_of_the_run_size(
     acts = model.activations(x, [layer])[layer]
     directions = np.random.default_rng(0).normal(size=(7, *acts.shape[1:])).astype(np.float32)
     whole = model.head(layer).directional(acts, x, directions, 1)
-    monkeypatch.setattr(onnx_model, "MAX_HEAD_ROWS", 6)  # 70 rows in 12 runs, pairs split across images
+    monkeypatch.setattr(onnx_head, "MAX_HEAD_ROWS", 6)  # 70 rows in 12 runs, pairs split across images
     np.testing.assert_allclose(model.head(layer).directional(acts, x, directions, 1), whole, rtol=1e-4, atol=1e-6)
 
 

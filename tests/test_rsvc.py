@@ -327,8 +327,10 @@ def test_a_model_against_itself_and_a_permuted_copy(tiny_world, tiny_same, tmp_p
 
 def test_a_signed_layer_is_refused_with_its_policy_path(tiny_world, tmp_path):
     policy = _tiny_policy(tiny_world, tmp_path, tiny_world.script, layer="features.3")  # a conv output
-    with pytest.raises(UserError, match=r"^layers\.candidate: layer 'features\.3' of model 'candidate' has negative"):
-        _run(policy, tmp_path)
+    with pytest.raises(PolicyError) as e:  # found by `validate`, before anything runs
+        pipeline.prepare(load_policy(policy), tmp_path / "cache", lambda _m: None)
+    assert len(e.value.problems) == 1
+    assert e.value.problems[0].startswith("layers.candidate: layer 'features.3' of model 'candidate' has negative")
 
 
 def test_the_image_folder_is_checked_before_anything_runs(tiny_world, tmp_path):

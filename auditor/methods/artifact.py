@@ -19,7 +19,10 @@ from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
 from auditor.methods import stats
-from auditor.policy import ArtifactProbeCheck, ArtifactSpec
+from auditor.policy import Policy
+from auditor.schemas.artifact_probe import ArtifactProbeCheck, ProbeFinding
+from auditor.schemas.common import ArtifactSpec, checked_rows
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
 
 
@@ -53,7 +56,8 @@ def position(spec: ArtifactSpec, image_hw: tuple[int, int], patch_hw: tuple[int,
     """Top-left corner (row, col) of the patch: a fixed corner with a margin, or seeded uniform."""
     (H, W), (h, w) = image_hw, patch_hw
     if h > H or w > W:
-        raise UserError(f"the artifact ({w}x{h} px) is larger than the images ({W}x{H} px); lower artifact.scale")
+        # `validate` (fit_problem) reports this before anything runs; reaching it is a bug, not the user's mistake.
+        raise ValueError(f"the artifact ({w}x{h} px) is larger than the images ({W}x{H} px)")
     if spec.position == "random":
         return int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
     m = round(spec.margin * min(H, W))
@@ -93,13 +97,50 @@ def make_pairs(images: list[Path], spec: ArtifactSpec, artifact_path: Path, pre:
     return Pairs(np.stack(art), np.stack(neu), tuple(p.name for p in images))
 
 
-def _clean_images(check: ArtifactProbeCheck, ctx: Context, seed: int) -> list[Path]:
-    if check.images is not None:
-        folder = data.folder_set("probe-images", ctx.policy.resolve(check.images.folder), ctx.pre)
-        return list(subsample(folder, check.images_per_class, seed, ctx.pre).paths)
+def fit_problem(spec: ArtifactSpec, path: Path, pre: data.Preprocessing) -> str | None:
+    """Why the artifact cannot be pasted onto the model's images (it is larger than they are), or None. An
+    unreadable artifact is None here: the pipeline names it."""
+    try:
+        patch = _fit(load_artifact(path), pre.size[1], spec)
+    except UserError:
+        return None
+    (h, w), (H, W) = patch.shape[:2], pre.size
+    if h > H or w > W:
+        return f"the artifact ({w}x{h} px) is larger than the images ({W}x{H} px); lower artifact.scale"
+    return None
+
+
+def validate(check, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str],
+             models: dict) -> list[data.ImageSet]:
+    """The artifact fits the images it is pasted onto (VALIDATORS of artifact_probe and INVERT's probe)."""
+    if getattr(check, "artifact", None) is not None:
+        why = fit_problem(check.artifact, policy.resolve(check.artifact.image), pre)
+        if why is not None:
+            problems.append(f"{where}.artifact: {why}")
+    return []
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the logit-level probe needs (an artifact_probe check, or INVERT's own probe)."""
+
+    id: str
+    artifact: ArtifactSpec
+    images: object | None  # a FolderSpec of clean images, or None: every class folder of data.classes
+    classes: list[str]
+    models: list[str] | None
+    images_per_class: int | None
+    threshold: float
+    direction: str
+
+
+def _clean_images(spec: ProbeSpec, ctx: Context, seed: int) -> list[Path]:
+    if spec.images is not None:
+        folder = data.folder_set("probe-images", ctx.policy.resolve(spec.images.folder), ctx.pre)
+        return list(subsample(folder, spec.images_per_class, seed, ctx.pre).paths)
     paths: list[Path] = []
     for k in ctx.policy.data.classes.names:
-        s = subsample(ctx.sets.classes[k], check.images_per_class, derive_seed(seed, "class", k), ctx.pre)
+        s = subsample(ctx.sets.classes[k], spec.images_per_class, derive_seed(seed, "class", k), ctx.pre)
         paths.extend(s.paths)
     return paths
 
@@ -108,18 +149,20 @@ def reliant(auc: float, threshold: float, direction: str) -> bool:
     return auc > threshold or (direction == "both" and auc < 1 - threshold)
 
 
-def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
-    seed = derive_seed(ctx.policy.seed, check.id)
-    artifact_path = ctx.policy.resolve(check.artifact.image)
-    images = _clean_images(check, ctx, seed)
-    pairs = make_pairs(images, check.artifact, artifact_path, ctx.pre, derive_seed(seed, "positions"))
+def probe_findings(spec: ProbeSpec, ctx: Context) -> list[dict]:
+    """The probe's findings, one per (model, class): the computation artifact_probe checks and INVERT share (the
+    seeds derive from `spec.id`, so INVERT's probe uses the images an artifact_probe check of its id would)."""
+    seed = derive_seed(ctx.policy.seed, spec.id)
+    artifact_path = ctx.policy.resolve(spec.artifact.image)
+    images = _clean_images(spec, ctx, seed)
+    pairs = make_pairs(images, spec.artifact, artifact_path, ctx.pre, derive_seed(seed, "positions"))
     names = ctx.policy.data.classes.names
-    classes = check.classes or list(names)
-    roles = check.models or list(ctx.models)
+    classes = spec.classes or list(names)
+    roles = spec.models or list(ctx.models)
     findings = []
     for role in roles:
         model = ctx.models[role]
-        ctx.log(f"artifact probe {check.id}: {role} on {len(images)} image pairs")
+        ctx.log(f"artifact probe {spec.id}: {role} on {len(images)} image pairs")
         la, ln = model.predict(pairs.artifact), model.predict(pairs.neutral)
         idx = [names.index(k) for k in classes]
         auc = stats.rank_auc(la[:, idx], ln[:, idx])
@@ -130,9 +173,9 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
                 {
                     "model": role,
                     "class": k,
-                    "artifact": check.artifact.image,
+                    "artifact": spec.artifact.image,
                     "auc": round(float(auc[j]), 6),
-                    "reliant": reliant(float(auc[j]), check.threshold, check.direction),
+                    "reliant": reliant(float(auc[j]), spec.threshold, spec.direction),
                     "effect": "raises" if auc[j] > 0.5 else ("suppresses" if auc[j] < 0.5 else "none"),
                     "mean_logit_shift": round(float((la[:, idx[j]] - ln[:, idx[j]]).mean()), 6),
                     "flipped_to_class": round(to_k, 6),
@@ -140,6 +183,16 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
                     "n_pairs": len(images),
                 }
             )
+    return findings
+
+
+def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
+    spec = ProbeSpec(id=check.id, artifact=check.artifact, images=check.images, classes=list(check.classes),
+                     models=check.models, images_per_class=check.images_per_class, threshold=check.threshold,
+                     direction=check.direction)
+    findings = probe_findings(spec, ctx)
+    roles = check.models or list(ctx.models)
+    n_pairs = findings[0]["n_pairs"] if findings else 0
     reqs = []
     for r in check.require:
         who = roles if r.model == "all" else [r.model]
@@ -158,7 +211,7 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
             )
     status = Status.FAIL if any(not q["met"] for q in reqs) else Status.PASS
     reliant_rows = [f for f in findings if f["reliant"]]
-    summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
+    summary = met_summary(reqs) or (
         f"{len(reliant_rows)} (model, class) pairs rely on the artifact"
     )
     return CheckResult(
@@ -167,14 +220,14 @@ def run(check: ArtifactProbeCheck, ctx: Context) -> CheckResult:
         status=status,
         severity=check.severity,
         summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
-        findings=findings,
+        requirement=requirement_line(reqs),
+        findings=checked_rows(ProbeFinding, findings),
         details={
             "settings": {
                 "artifact": check.artifact.model_dump(),
                 "threshold": check.threshold,
                 "direction": check.direction,
-                "n_pairs": len(images),
+                "n_pairs": n_pairs,
                 "test": "AUC of each class logit, artifact vs neutral patch (average ranks, ties count half)",
             },
             "requirements": reqs,

@@ -8,12 +8,15 @@ cosines, the two permutation p-values and `learned` / `tested`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from auditor import data
+from auditor.errors import UserError
 from auditor.methods import exchangeable, stats
+from auditor.methods.requirements import met_summary
 from auditor.policy import TcavRequirement
 from auditor.results import Status
 
@@ -39,11 +42,53 @@ class Null:
     kind: str = "concept"  # "relative": pseudo-pairs, the null of the check's relative cells (A vs B)
 
 
+def _count(folder: Path) -> int | None:
+    """Images in a folder, or None when it cannot be listed (the pipeline names the folder)."""
+    try:
+        return len(data.list_images(folder))
+    except UserError:
+        return None
+
+
+def validate(check: Any, policy: Any, pre: data.Preprocessing, where: str, problems: list[str],
+             models: dict) -> list[data.ImageSet]:
+    """TCAV's and SACV's random draws fit the policy's folders: the random pool holds the N + 1 paired sets (and,
+    under the exchangeability test, the spare sets of the pseudo-concepts); a concept folder holds set_size images
+    under that test. (Before, a Welch check with a small pool stopped the audit mid-run.)"""
+    d = policy.data
+    pool = None if d.random is None else _count(policy.resolve(d.random.folder))
+    concepts = {}
+    if d.concepts is not None:
+        for c in check.concepts:
+            n = _count(policy.resolve(d.concepts.folder) / c)
+            if n is not None:
+                concepts[c] = n
+    problems.extend(exchangeable.size_problems(check, where, pool, concepts))
+    return []
+
+
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-STATISTICS = {"score": "TCAV score (s1; centre 0.5)", "cosine": "cosine sensitivity (s2; centre 0)"}
+@dataclass(frozen=True)
+class Wording:
+    """How a concept-score method names its statistic and its verdicts in requirements, summaries and tests."""
+
+    score: str  # the statistic s1
+    scores: str  # the per-run scores the Welch test compares
+    sensitive: str  # what a significant cell is
+    accuracy: str  # the CAV accuracy a learned cell reaches
+    scope: str  # the Holm family, "every tested ..."
+
+
+TCAV_WORDS = Wording("TCAV score", "scores", "sensitive", "CAV accuracy", "TCAV cell of the audit")
+SACV_WORDS = Wording("spatial TCAV score", "spatial scores", "spatially sensitive", "per-position CAV accuracy",
+                     "cell of this check")
+
+
+def statistic_words(statistic: str, words: Wording = TCAV_WORDS) -> str:
+    return {"score": f"{words.score} (s1; centre 0.5)", "cosine": "cosine sensitivity (s2; centre 0)"}[statistic]
 
 
 def test_fields(c: Any, test: str, statistic: str) -> dict:
@@ -103,14 +148,14 @@ def is_tested(f: dict) -> bool:
     return bool(f.get("tested", f["learned"]))
 
 
-def requirement_text(r: TcavRequirement) -> str:
+def requirement_text(r: TcavRequirement, words: Wording = TCAV_WORDS) -> str:
     who = "every model" if r.model == "all" else r.model
     cls = f"class {r.class_}" if r.class_ else "any class of the check"
     if r.significant is False:
-        return f"{who}: {cls} must not be significantly sensitive to {r.concept} at any layer"
+        return f"{who}: {cls} must not be significantly {words.sensitive} to {r.concept} at any layer"
     parts = []
     if r.significant:
-        parts.append(f"{cls} must be significantly sensitive to {r.concept} at some layer")
+        parts.append(f"{cls} must be significantly {words.sensitive} to {r.concept} at some layer")
     else:
         parts.append(f"{cls} TCAV score for {r.concept} at every learned layer")
     if r.min_score is not None:
@@ -159,6 +204,16 @@ def evaluate(r: TcavRequirement, rows: list[dict], roles: list[str], classes: li
     return met, weak, "; ".join(why)
 
 
+def requirement_rows(require: list[TcavRequirement], rows: list[dict], roles: list[str], classes: list[str],
+                     words: Wording) -> list[dict]:
+    """Each requirement evaluated: {"text", "model", "met", "weak", "why"}."""
+    out = []
+    for r in require:
+        met, weak, why = evaluate(r, rows, roles, classes)
+        out.append({"text": requirement_text(r, words), "model": r.model, "met": met, "weak": weak, "why": why})
+    return out
+
+
 def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) -> tuple[Status, str]:
     """A concept-score check's status and one-line summary from its evaluated requirements and rows."""
     not_learned = [f for f in rows if not f["learned"] and f["verdict"] != "not tested"]
@@ -171,7 +226,7 @@ def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) 
         status = Status.PASS
     sensitive = [f for f in rows if f["verdict"] == "sensitive"]
     if reqs:
-        summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs)
+        summary = met_summary(reqs)
     else:
         summary = f"{len(sensitive)} of {len(rows)} (model, layer, class, concept) cells significantly sensitive"
     if not_learned:
@@ -183,15 +238,16 @@ def status_and_summary(reqs: list[dict], rows: list[dict], accuracy_words: str) 
     return status, summary
 
 
-def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0,
-               scope: str = "TCAV cell of the audit", spare: int = 0) -> str:
+def test_words(test: str, family: int, statistic: str = "score", pseudo: int = 0, spare: int = 0,
+               words: Wording = TCAV_WORDS) -> str:
     """The test as the report names it beside every p-value (`spare`: the images pseudo-concepts come from)."""
+    scope = words.scope
     if test == "exchangeable":
-        return (f"exchangeability test of the {STATISTICS[statistic]} against {pseudo} pseudo-concepts (random-pool "
+        return (f"exchangeability test of the {statistic_words(statistic, words)} against {pseudo} pseudo-concepts (random-pool "
                 f"sets in the concept's place, scored alike; each drawn independently from {spare} spare images, so "
                 f"two may share images): p = (1 + #{{pseudo-concepts at least as far from the centre}}) / "
                 f"({pseudo} + 1), Holm-adjusted over {family} tests (every tested {scope})")
-    return (f"Welch two-sided t-test of concept vs random-vs-random scores, Holm-adjusted over {family} tests "
+    return (f"Welch two-sided t-test of concept vs random-vs-random {words.scores}, Holm-adjusted over {family} tests "
             f"(every tested {scope})")
 
 

@@ -211,6 +211,10 @@ def size_problems(check, where: str, pool: int | None, concepts: dict[str, int])
     sets of it), and concept folders of `set_size` (a pseudo-concept has `set_size` images: a smaller concept set
     would not be exchangeable with it)."""
     if getattr(check, "test", None) != "exchangeable":
+        need = (check.random_sets + 1) * check.set_size  # Welch: N + 1 disjoint random sets
+        if pool is not None and pool < need:
+            return [f"{where}: test welch draws {check.random_sets + 1} disjoint random sets of {check.set_size} "
+                    f"images: it needs {need} images, the pool has {pool}; add images or lower random_sets / set_size"]
         return []
     out = []
     need = (check.random_sets + MIN_SPARE_SETS) * check.set_size

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,11 @@ from auditor.methods.invert_search import (
     explain,
     split_halves,
 )
-from auditor.policy import ArtifactProbeCheck, Policy, check_layers
+from auditor.policy import Policy, check_layers
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
-from auditor.schemas.invert import InvertCheck, InvertRequirement
+from auditor.schemas.common import checked_rows
+from auditor.schemas.invert import InvertCheck, InvertProbeFinding, InvertRequirement, UnitFinding
 
 # Units listed as findings besides the flagged ones: held-out AUC above this (the rest go to the appendix table).
 REPORT_AUC = 0.75
@@ -54,10 +57,11 @@ REDUCE_CHUNK = 256
 
 
 def validate(
-    check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+    check: InvertCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str], models: dict,
 ) -> list[data.ImageSet]:
     """Append one line per problem of the check's labels CSV, its forbidden concepts and the images it names.
     Returns the labels file and the probe images, for the provenance table."""
+    artifact.validate(check, policy, pre, where, problems, models)  # the pasted artifact fits the images
     path = policy.resolve(check.labels)
     labels, found = read_labels(path)
     problems.extend(f"{where}.labels: {p}" for p in summarise(found))
@@ -219,12 +223,11 @@ def _probe(check: InvertCheck, ctx: Context, roles: list[str]) -> list[dict]:
     """The logit-level probe of auditor.methods.artifact, on the same clean images an artifact_probe check with
     this id would use."""
     assert check.artifact is not None
-    probe = ArtifactProbeCheck(
-        id=check.id, method="artifact_probe", severity=check.severity, artifact=check.artifact,
-        images=check.artifact_images, classes=list(check.classes), models=roles,
-        images_per_class=check.images_per_class, threshold=check.threshold, direction=check.direction,
+    spec = artifact.ProbeSpec(
+        id=check.id, artifact=check.artifact, images=check.artifact_images, classes=list(check.classes),
+        models=roles, images_per_class=check.images_per_class, threshold=check.threshold, direction=check.direction,
     )
-    return [{"kind": "probe", **f} for f in artifact.run(probe, ctx).findings]
+    return [{"kind": "probe", **f} for f in artifact.probe_findings(spec, ctx)]
 
 
 def _requirement(
@@ -263,36 +266,37 @@ def _requirement(
     return out
 
 
-def run(check: InvertCheck, ctx: Context) -> CheckResult:
-    seed = derive_seed(ctx.policy.seed, check.id)
-    labels = load_labels(ctx.policy.resolve(check.labels))
-    probe_set = data.image_set(f"probe:{check.id}", labels.images, ctx.pre)
-    n = len(labels)
-    search_rows, eval_rows = split_halves(n, derive_seed(seed, "split"))
-    settings = SearchSettings(
-        length=check.formula_length, beam=check.beam, min_fraction=check.min_fraction,
-        max_fraction=check.max_fraction, limit_search=check.limit_search,
-    )
-    lo, hi = settings.bounds(len(search_rows))
-    layers_by_model = check_layers(ctx.policy, check)
-    roles = list(layers_by_model)
-    names = labels.concepts
+@dataclass(frozen=True)
+class Explained:
+    """Every unit of the check explained: its rows (p_adjusted and flags still unset), the reduced activations and
+    the explanations per (model, layer)."""
 
-    units: list[dict] = []
-    reduced: dict[tuple[str, str], np.ndarray] = {}
-    explanations: dict[tuple[str, str], list[UnitExplanation]] = {}
+    units: list[dict]
+    reduced: dict[tuple[str, str], np.ndarray]
+    explanations: dict[tuple[str, str], list[UnitExplanation]]
+
+
+def _explain_units(check: InvertCheck, ctx: Context, labels: ProbeLabels, layers_by_model: dict[str, list[str]],
+                   search_rows: np.ndarray, eval_rows: np.ndarray, settings: SearchSettings) -> Explained:
+    probe_set = data.image_set(f"probe:{check.id}", labels.images, ctx.pre)
+    names = labels.concepts
+    out = Explained([], {}, {})
     for role, layers in layers_by_model.items():
-        model = ctx.models[role]
-        acts = ctx.store.acts(model, layers, probe_set)  # every layer in one forward pass
+        acts = ctx.store.acts(ctx.models[role], layers, probe_set)  # every layer in one forward pass
         for layer in layers:
             a = reduce_units(acts[layer], check.reduce)
-            ctx.log(f"invert {check.id}: {role} {layer}: {a.shape[1]} units x {len(names)} concepts x {n} images")
+            ctx.log(f"invert {check.id}: {role} {layer}: {a.shape[1]} units x {len(names)} concepts x {len(labels)} "
+                    "images")
             explained = explain(a, labels.matrix, names, search_rows, eval_rows, settings)
-            units.extend(_unit_row(role, layer, u, e, names, check.forbidden) for u, e in enumerate(explained))
-            reduced[(role, layer)] = a
-            explanations[(role, layer)] = explained
+            out.units.extend(_unit_row(role, layer, u, e, names, check.forbidden) for u, e in enumerate(explained))
+            out.reduced[(role, layer)] = a
+            out.explanations[(role, layer)] = explained
+    return out
 
-    # Holm over every unit of the check: each unit's best formula is one test on the held-out half.
+
+def _flag(units: list[dict], check: InvertCheck) -> None:
+    """Holm over every unit of the check (each unit's best formula is one test on the held-out half), then the
+    flags, in place."""
     adjusted = stats.holm(np.array([u["p_value"] for u in units]))
     for u, p in zip(units, adjusted):
         u["p_adjusted"] = float(p)
@@ -300,35 +304,41 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
             u["forbidden"] and u["auc"] is not None and u["auc"] >= check.tau and p <= check.alpha
         )
 
-    # Figure material for the flagged units (best first), a few per model.
+
+def _evidence(check: InvertCheck, ctx: Context, roles: list[str], ex: Explained, labels: ProbeLabels,
+              eval_rows: np.ndarray) -> list[dict]:
+    """Figure material for the flagged units (best first), a few per model."""
     evid = []
     for role in roles:
-        flagged = sorted((u for u in units if u["model"] == role and u["flagged"]), key=lambda u: -u["auc"])
+        flagged = sorted((u for u in ex.units if u["model"] == role and u["flagged"]), key=lambda u: -u["auc"])
         for u in flagged[:EVIDENCE_UNITS]:
-            formula = explanations[(role, u["layer"])][u["unit"]].formula
+            formula = ex.explanations[(role, u["layer"])][u["unit"]].formula
             mask = evaluate(formula, labels.matrix)  # over the whole probe set
-            evid.append(evidence(reduced[(role, u["layer"])], u["unit"], u, labels, eval_rows, mask,
+            evid.append(evidence(ex.reduced[(role, u["layer"])], u["unit"], u, labels, eval_rows, mask,
                                  check.top_images, ctx.pre))
+    return evid
 
-    probe = _probe(check, ctx, roles) if check.artifact is not None else []
 
-    reqs = [q for r in check.require for q in _requirement(r, check, roles, units, probe)]
-    notes = []
-    # Units a forbidden concept *suppresses* (it appears negated in their formula): listed apart, never flagged.
+def _suppressed_note(check: InvertCheck, units: list[dict]) -> list[str]:
+    """Units a forbidden concept *suppresses* (it appears negated in their formula): listed apart, never flagged."""
     suppressed = [
         u for u in units
         if u["suppressed_by"] and not u["flagged"] and u["auc"] is not None and u["auc"] >= check.tau
         and u["p_adjusted"] <= check.alpha
     ]
-    if suppressed:
-        shown = ", ".join(f"{u['model']} {u['layer']} #{u['unit']} ({u['formula']})" for u in suppressed[:5])
-        more = f" and {len(suppressed) - 5} more" if len(suppressed) > 5 else ""
-        notes.append(
-            f"Suppressed by a forbidden concept (it appears negated in the formula: the unit fires on images without "
-            f"it; not flagged, no requirement counts them): {shown}{more}."
-        )
+    if not suppressed:
+        return []
+    shown = ", ".join(f"{u['model']} {u['layer']} #{u['unit']} ({u['formula']})" for u in suppressed[:5])
+    more = f" and {len(suppressed) - 5} more" if len(suppressed) > 5 else ""
+    return [f"Suppressed by a forbidden concept (it appears negated in the formula: the unit fires on images without "
+            f"it; not flagged, no requirement counts them): {shown}{more}."]
 
-    weak = []
+
+def _forbidden_notes(check: InvertCheck, labels: ProbeLabels, search_rows: np.ndarray, lo: float,
+                     hi: float) -> tuple[list[str], list[str]]:
+    """(forbidden concepts no unit can follow, notes on them and on those only a combination can enter)."""
+    weak, notes = [], []
+    names, n = labels.concepts, len(labels)
     search_labels = labels.matrix[search_rows]
     for c in check.forbidden:
         count = int(search_labels[:, names.index(c)].sum())
@@ -341,69 +351,92 @@ def run(check: InvertCheck, ctx: Context) -> CheckResult:
             notes.append(f"The forbidden concept {c} holds for {count} of {len(search_rows)} search images, outside "
                          f"the fraction bounds [{lo:.3g}, {hi:.3g}]: it can enter a formula only combined with "
                          "another concept.")
+    return weak, notes
+
+
+def _summary(reqs: list[dict], units: list[dict], probe: list[dict], roles: list[str]) -> str:
+    if reqs:
+        return met_summary(reqs)
+    flagged_all = [u for u in units if u["flagged"]]
+    per = ", ".join(f"{r}: {sum(1 for u in flagged_all if u['model'] == r)}" for r in roles)
+    summary = f"flagged units ({per})"
+    if probe:
+        reliant = [f"{f['model']}/{f['class']}" for f in probe if f["reliant"]]
+        summary += "; reliant classes: " + (", ".join(reliant) or "none")
+    return summary
+
+
+APPENDIX_COLUMNS = ["model", "layer", "unit", "formula", "length", "auc", "search_auc", "support", "p_adjusted",
+                    "flagged"]
+
+
+def _settings(check: InvertCheck, labels: ProbeLabels, search_rows: np.ndarray, eval_rows: np.ndarray, lo: float,
+              hi: float, family: int, probe: list[dict]) -> dict:
+    return {
+        "labels": check.labels,
+        "concepts": list(labels.concepts),
+        "forbidden": list(check.forbidden),
+        "n_images": len(labels),
+        "n_search": int(len(search_rows)),
+        "n_eval": int(len(eval_rows)),
+        "reduce": check.reduce,
+        "formula_length": check.formula_length,
+        "beam": check.beam,
+        "min_fraction": lo,
+        "min_fraction_default": check.min_fraction is None,
+        "max_fraction": hi,
+        "limit_search": check.limit_search,
+        "tau": check.tau,
+        "alpha": check.alpha,
+        "report_auc": REPORT_AUC,
+        "test": "two-sided Mann-Whitney U (normal approximation, tie and continuity correction) of the unit's "
+                f"activations with vs without its formula on the held-out half, Holm-adjusted over {family} "
+                "units (every unit of the check)",
+        "family_size": family,
+        "artifact": None if check.artifact is None else check.artifact.model_dump(),
+        "threshold": check.threshold,
+        "direction": check.direction,
+        "n_pairs": probe[0]["n_pairs"] if probe else None,
+    }
+
+
+def run(check: InvertCheck, ctx: Context) -> CheckResult:
+    seed = derive_seed(ctx.policy.seed, check.id)
+    labels = load_labels(ctx.policy.resolve(check.labels))
+    search_rows, eval_rows = split_halves(len(labels), derive_seed(seed, "split"))
+    settings = SearchSettings(
+        length=check.formula_length, beam=check.beam, min_fraction=check.min_fraction,
+        max_fraction=check.max_fraction, limit_search=check.limit_search,
+    )
+    lo, hi = settings.bounds(len(search_rows))
+    layers_by_model = check_layers(ctx.policy, check)
+    roles = list(layers_by_model)
+    ex = _explain_units(check, ctx, labels, layers_by_model, search_rows, eval_rows, settings)
+    units = ex.units
+    _flag(units, check)
+    evid = _evidence(check, ctx, roles, ex, labels, eval_rows)
+    probe = _probe(check, ctx, roles) if check.artifact is not None else []
+    reqs = [q for r in check.require for q in _requirement(r, check, roles, units, probe)]
+    weak, forbidden_notes = _forbidden_notes(check, labels, search_rows, lo, hi)
+    notes = _suppressed_note(check, units) + forbidden_notes
     if any(not q["met"] for q in reqs):
         status = Status.FAIL
     elif weak:
         status = Status.WARN
     else:
         status = Status.PASS
-    flagged_all = [u for u in units if u["flagged"]]
-    if reqs:
-        summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs)
-    else:
-        per = ", ".join(f"{r}: {sum(1 for u in flagged_all if u['model'] == r)}" for r in roles)
-        summary = f"flagged units ({per})"
-        if probe:
-            reliant = [f"{f['model']}/{f['class']}" for f in probe if f["reliant"]]
-            summary += "; reliant classes: " + (", ".join(reliant) or "none")
-
-    findings = [u for u in units if u["flagged"] or (u["auc"] is not None and u["auc"] > REPORT_AUC)] + probe
-    appendix = {
-        "columns": ["model", "layer", "unit", "formula", "length", "auc", "search_auc", "support", "p_adjusted",
-                    "flagged"],
-        "rows": [[u[c] for c in ("model", "layer", "unit", "formula", "length", "auc", "search_auc", "support",
-                                 "p_adjusted", "flagged")] for u in units],
-    }
+    listed = [u for u in units if u["flagged"] or (u["auc"] is not None and u["auc"] > REPORT_AUC)]
+    findings = checked_rows(UnitFinding, listed) + checked_rows(InvertProbeFinding, probe)
     details = {
-        "settings": {
-            "labels": check.labels,
-            "concepts": list(names),
-            "forbidden": list(check.forbidden),
-            "n_images": n,
-            "n_search": int(len(search_rows)),
-            "n_eval": int(len(eval_rows)),
-            "reduce": check.reduce,
-            "formula_length": check.formula_length,
-            "beam": check.beam,
-            "min_fraction": lo,
-            "min_fraction_default": check.min_fraction is None,
-            "max_fraction": hi,
-            "limit_search": check.limit_search,
-            "tau": check.tau,
-            "alpha": check.alpha,
-            "report_auc": REPORT_AUC,
-            "test": "two-sided Mann-Whitney U (normal approximation, tie and continuity correction) of the unit's "
-                    f"activations with vs without its formula on the held-out half, Holm-adjusted over {len(units)} "
-                    "units (every unit of the check)",
-            "family_size": len(units),
-            "artifact": None if check.artifact is None else check.artifact.model_dump(),
-            "threshold": check.threshold,
-            "direction": check.direction,
-            "n_pairs": probe[0]["n_pairs"] if probe else None,
-        },
+        "settings": _settings(check, labels, search_rows, eval_rows, lo, hi, len(units), probe),
         "layers": layers_by_model,
-        "units": appendix,
+        "units": {"columns": list(APPENDIX_COLUMNS), "rows": [[u[c] for c in APPENDIX_COLUMNS] for u in units]},
         "evidence": evid,
         "requirements": reqs,
         "notes": notes,
     }
     return CheckResult(
-        id=check.id,
-        method="invert",
-        status=status,
-        severity=check.severity,
-        summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
-        findings=findings,
+        id=check.id, method="invert", status=status, severity=check.severity,
+        summary=_summary(reqs, units, probe, roles), requirement=requirement_line(reqs), findings=findings,
         details=details,
     )

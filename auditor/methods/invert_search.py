@@ -27,7 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special
+
+from auditor.methods.stats import auc_from_ranksum, average_ranks, mann_whitney_p  # noqa: F401
 
 # Units per block of the beam step: the (units x beam x images) float64 product stays ~50 MB at 10,000 images.
 UNIT_BLOCK = 128
@@ -101,63 +102,7 @@ def sort_key(auc: float, f: Formula) -> tuple[float, int, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ranks, AUC and Mann-Whitney U from rank sums
-
-
-def average_ranks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ranks (1-based, ties share their mean rank) of every column, and each column's tie term.
-
-    x (n, u) -> ranks (n, u) float64, tie_term (u,) = sum over tie groups of t^3 - t (what the normal
-    approximation of Mann-Whitney U needs). Computed per column at once: one argsort, no Python loop.
-    """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"expected (images, units), got shape {x.shape}")
-    n, u = x.shape
-    if n == 0:
-        return np.zeros((0, u)), np.zeros(u)
-    order = np.argsort(x, axis=0, kind="stable")
-    xs = np.take_along_axis(x, order, axis=0)
-    starts = np.ones((n, u), bool)
-    starts[1:] = xs[1:] != xs[:-1]
-    del xs
-    idx = np.arange(n, dtype=np.int64)[:, None]
-    first = np.maximum.accumulate(np.where(starts, idx, 0), axis=0)  # first position of each element's tie group
-    ends = np.ones((n, u), bool)
-    ends[:-1] = starts[1:]
-    last = np.minimum.accumulate(np.where(ends, idx, n - 1)[::-1], axis=0)[::-1]
-    del starts, ends
-    ranks = np.empty((n, u), np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
-    t = (last - first + 1).astype(np.float64)
-    # Each element of a group of size t contributes t^2 - 1; a group contributes t (t^2 - 1) = t^3 - t.
-    tie_term = (t * t - 1.0).sum(axis=0)
-    return ranks, tie_term
-
-
-def auc_from_ranksum(s: np.ndarray, n1: np.ndarray, n: int) -> np.ndarray:
-    """AUC = (S - n1 (n1 + 1) / 2) / (n1 n0); NaN where n1 is 0 or n (no positives or no negatives)."""
-    s = np.asarray(s, np.float64)
-    n1 = np.asarray(n1, np.float64)
-    n0 = n - n1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = (s - n1 * (n1 + 1.0) / 2.0) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
-
-
-def mann_whitney_p(s: np.ndarray, n1: np.ndarray, n: int, tie_term: np.ndarray) -> np.ndarray:
-    """Two-sided Mann-Whitney U p-value, normal approximation with tie and continuity correction — exactly
-    scipy.stats.mannwhitneyu(method="asymptotic") — from rank sums; NaN where a group is empty."""
-    s = np.asarray(s, np.float64)
-    n1 = np.asarray(n1, np.float64)
-    n0 = n - n1
-    u1 = s - n1 * (n1 + 1.0) / 2.0
-    u = np.maximum(u1, n1 * n0 - u1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sd = np.sqrt(n1 * n0 / 12.0 * ((n + 1.0) - np.asarray(tie_term, np.float64) / (n * (n - 1.0))))
-        z = (u - n1 * n0 / 2.0 - 0.5) / sd
-    p = np.clip(2.0 * special.ndtr(-z), 0.0, 1.0)
-    return np.where((n1 > 0) & (n0 > 0), p, np.nan)
+# Ranks, AUC and Mann-Whitney U from rank sums: auditor.methods.stats (one implementation for every method)
 
 
 def default_min_fraction(n: int) -> float:

@@ -33,12 +33,17 @@ from PIL import Image
 
 from auditor import data
 from auditor.context import Context, derive_seed
-from auditor.errors import UserError
+from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.models.base import Model
-from auditor.policy import Policy, check_layers
+from auditor.policy import check_layers
+from auditor.methods.requirements import met_summary, requirement_line
 from auditor.results import CheckResult, Status
-from auditor.schemas.rsvc import RsvcCheck, RsvcRequirement
+from auditor.schemas.common import checked_rows
+from auditor.schemas.rsvc import RsvcCheck, RsvcFinding, RsvcRequirement
+from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
+    Clock, Pool, _pool, is_negative, layer_where, negative_message, split_images,
+)
 
 # Central differences for ONNX heads: the step moves the activation by this fraction of its typical norm
 # (the ONNX adapter's own choice for its directional derivatives, see OnnxHead._steps).
@@ -51,115 +56,6 @@ HEAD_CHUNK_BYTES = 48 * 2**20
 COLLAGE = 9  # patches per collage (3 x 3)
 GALLERY = 6  # top patches per concept in the concept gallery
 SCATTER_DIGITS = 4
-
-
-# ------------------------------------------------------------------------------------------------ timing
-
-
-@dataclass
-class Clock:
-    """Where the check's time went (logged; never written to results.json, which must be reproducible)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, what: str, since: float) -> None:
-        self.seconds[what] = self.seconds.get(what, 0.0) + time.perf_counter() - since
-
-
-# ------------------------------------------------------------------------------------------------ images
-
-
-def _images_root(check: RsvcCheck, policy: Policy) -> Path:
-    return policy.resolve(check.images.folder if check.images is not None else policy.data.classes.folder)
-
-
-def validate(
-    check: RsvcCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
-) -> list[data.ImageSet]:
-    """Before anything runs: two distinct-role models, and the image folder with a subfolder per checked class.
-    Returns the class folders of its own image folder (every one the pool reads), for the provenance table."""
-    roles = check.models or list(policy.models)
-    if len(roles) != 2:
-        problems.append(f"{where}.models: rsvc compares exactly two models, got {len(roles)} ({', '.join(roles)})")
-    elif roles[0] == roles[1]:
-        problems.append(f"{where}.models: the two models must be different roles (got {roles[0]!r} twice)")
-    if check.images is None:
-        return []  # data.classes is checked by the pipeline
-    root = _images_root(check, policy)
-    if not root.is_dir():
-        problems.append(f"{where}.images.folder: folder not found: {root}")
-        return []
-    for cls in check.classes:
-        try:
-            data.folder_set(f"rsvc:{cls}", root / cls, pre)
-        except UserError as e:
-            problems.append(f"{where}.images: {e}")
-    # Every class folder the pool reads (not only the checked classes) must decode.
-    own = []
-    for k in policy.data.classes.names:
-        paths = data.list_images(root / k) if (root / k).is_dir() else []
-        broken = data.unreadable(paths)
-        problems.extend(f"{where}.images: {line}" for line in broken)
-        if paths and not broken:
-            own.append(data.image_set(f"{check.id}:class:{k}", paths, pre))
-    return own
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Every image the check may use, with each model's prediction."""
-
-    paths: tuple[Path, ...]
-    labels: tuple[str, ...]  # display name "class-folder/file"
-    predicted: dict[str, np.ndarray]  # role -> (n,) predicted class index
-    folders: tuple[str, ...]
-
-
-def _pool(check: RsvcCheck, ctx: Context, roles: list[str], clock: Clock) -> Pool:
-    root = _images_root(check, ctx.policy)
-    names = ctx.policy.data.classes.names
-    folders = [k for k in names if (root / k).is_dir()]
-    sets = [data.folder_set(f"rsvc-pool:{k}@{root}", root / k, ctx.pre) for k in folders]
-    predicted: dict[str, list[np.ndarray]] = {r: [] for r in roles}
-    for s in sets:
-        x = ctx.store.images(s)
-        for role in roles:
-            t = time.perf_counter()
-            predicted[role].append(ctx.models[role].predict(x).argmax(axis=1))
-            clock.add("forward", t)
-            clock.add("pool", t)
-    return Pool(
-        paths=tuple(p for s in sets for p in s.paths),
-        labels=tuple(f"{k}/{p.name}" for k, s in zip(folders, sets) for p in s.paths),
-        predicted={r: np.concatenate(v) if v else np.zeros(0, int) for r, v in predicted.items()},
-        folders=tuple(folders),
-    )
-
-
-@dataclass(frozen=True)
-class Split:
-    extraction: np.ndarray  # pool indices
-    evaluation: np.ndarray
-    candidates: int  # images either model predicts as the class
-    note: str | None  # why the split is smaller than asked, if it is
-
-
-def split_images(candidates: np.ndarray, n_extraction: int, n_evaluation: int, seed: int) -> Split:
-    """Disjoint seeded extraction and evaluation images; with fewer candidates than both ask for, the candidates
-    are shared in the asked proportion."""
-    n = len(candidates)
-    order = candidates[np.random.default_rng(seed).permutation(n)]
-    note = None
-    if n >= n_extraction + n_evaluation:
-        e, v = n_extraction, n_evaluation
-    else:
-        e = int(round(n * n_extraction / (n_extraction + n_evaluation)))
-        v = n - e
-        note = (
-            f"only {n} images are predicted as the class by either model (asked: {n_extraction} for extraction "
-            f"+ {n_evaluation} for evaluation): split {e} / {v}"
-        )
-    return Split(np.sort(order[:e]), np.sort(order[e : e + v]), n, note)
 
 
 # ------------------------------------------------------------------------------------------------ patches
@@ -217,12 +113,6 @@ class TimedModel:
         return out
 
 
-def _layer_where(check: RsvcCheck, policy: Policy, role: str) -> str:
-    index = next(i for i, c in enumerate(policy.checks) if c.id == check.id)
-    own = check.layers or {}
-    return f"checks[{index}].layers.{role}" if role in own else f"layers.{role}"
-
-
 def _means(
     ctx: Context, check: RsvcCheck, role: str, layers: list[str], ps: PatchSet, clock: Clock, shapes: dict
 ) -> dict[str, np.ndarray]:
@@ -235,13 +125,9 @@ def _means(
     for layer in layers:
         a = np.asarray(acts[layer])
         shapes[(role, layer)] = tuple(a.shape[1:])
-        low, high = float(a.min(initial=0.0)), float(np.abs(a).max(initial=0.0))
-        # NMF needs a non-negative layer; rounding in a ReLU-free graph path may leave -0-ish values.
-        if low < -1e-6 * max(high, 1e-30):
-            raise UserError(
-                f"{_layer_where(check, ctx.policy, role)}: layer {layer!r} of model {role!r} has negative activations "
-                f"(min {low:.3g}); RSVC factorises activations with NMF and needs a non-negative layer, e.g. a ReLU output"
-            )
+        negative, low = is_negative(a)
+        if negative:  # `validate` tests the sign on a few whole images; a patch can still find a negative value
+            raise CheckError(negative_message(layer_where(check, ctx.policy, role), layer, role, low))
         out[layer] = np.maximum(core.spatial_mean(a), 0.0)
     return out
 
@@ -410,6 +296,107 @@ def _round(x: float) -> float:
     return round(float(x), 6)
 
 
+def _fit_layers(
+    check: RsvcCheck, cls: str, roles: list[str], layers: dict[str, list[str]], A_ext: dict, A_ev: dict, seed: int,
+    clock: Clock, notes: list[str],
+) -> dict[tuple[str, str], ModelConcepts]:
+    """The NMF concepts of every (model, layer) of one class, with a note where NMF stopped early or found fewer."""
+    fitted = {
+        (r, layer): _fit(A_ext[r][layer], A_ev[r][layer], check.concepts, derive_seed(seed, "nmf", cls, r, layer), clock)
+        for r in roles for layer in layers[r]
+    }
+    stopped = [f"{r} {layer}" for (r, layer), f in fitted.items() if not f.concepts.converged]
+    if stopped:
+        notes.append(f"class {cls}: NMF reached its iteration limit ({core.NMF_MAX_ITER}) before its tolerance for "
+                     f"{len(stopped)} of {len(fitted)} layers ({', '.join(stopped)}); those concepts are used as they stand")
+    for (r, layer), f in fitted.items():
+        if f.concepts.W.shape[0] < check.concepts:
+            notes.append(f"class {cls}, {r} {layer}: only {f.concepts.W.shape[0]} concepts (fewer patches or channels than K)")
+    return fitted
+
+
+def _importance(
+    check: RsvcCheck, ctx: Context, cls: str, roles: list[str], concept_layer: dict[str, str], fitted: dict,
+    U: dict[str, np.ndarray], shapes: dict, A_ev: dict, ev: PatchSet, target: int, notes: list[str],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict]]:
+    """(normalised importance, raw integrated gradients, head agreement) of each model's concepts of one class."""
+    patches_ev = ev.patches()
+    importance: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    model_info: dict[str, dict] = {}
+    for r in roles:
+        layer = concept_layer[r]
+        W = fitted[(r, layer)].concepts.W
+        scale = float(np.median(np.linalg.norm(U[r] @ W, axis=1)))
+        stats = GradStats()
+        grad = concept_gradient(ctx.models[r], layer, W, shapes[(r, layer)], patches_ev, target, scale, stats)
+        ig = core.integrated_gradients(U[r], grad, check.ig_steps).mean(axis=0)
+        peak = float(np.abs(ig).max(initial=0.0))
+        raw[r] = ig
+        importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
+        if stats.omitted_mass > 0:
+            notes.append(
+                f"class {cls}, {r}: classes with probability < {NEGLIGIBLE_PROBABILITY:g} everywhere were left out of "
+                f"the -CE gradient (largest probability mass left out: {stats.omitted_mass:.2g})"
+            )
+        full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
+        model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
+                         "head_rows": stats.head_rows}
+    return importance, raw, model_info
+
+
+def _model_concepts(
+    check: RsvcCheck, cls: str, r: str, other: str, concept_layer: dict[str, str], f: ModelConcepts, cv: dict,
+    importance: dict, raw: dict, U: dict, model_info: dict, thumbs: Thumbs, image_of_row: np.ndarray,
+) -> tuple[list[dict], dict]:
+    """(findings, the model's detail: gallery, collages, errors) of model r's concepts of one class."""
+    layer = concept_layer[r]
+    sim = cv[(other, r)].similarity
+    self_sim = cv[(r, r)].similarity
+    pred = cv[(other, r)].predicted
+    findings, concepts = [], []
+    for j in range(f.concepts.W.shape[0]):
+        unique = bool(sim[j] < check.tau_sim)
+        important = bool(importance[r][j] > check.tau_imp)
+        findings.append({
+            "model": r, "other": other, "layer": layer, "other_layer": concept_layer[other], "class": cls,
+            "concept": j, "similarity": _round(sim[j]), "self_similarity": _round(self_sim[j]),
+            "importance": _round(importance[r][j]), "importance_raw": _round(raw[r][j]),
+            "unique": unique, "important": important,
+        })
+        top = core.one_per_image(np.argsort(-U[r][:, j], kind="stable"), image_of_row, GALLERY)
+        entry = {"concept": j, "top": [thumbs.patch(row, U[r][row, j]) for row in top]}
+        if unique:
+            col = core.collage_rows(U[r][:, j], pred[:, j], image_of_row, COLLAGE)
+            entry["collages"] = {
+                "top": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.top],
+                "over": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.over],
+                "under": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.under],
+                "real": [round(float(v), SCATTER_DIGITS) for v in U[r][:, j]],
+                "predicted": [round(float(v), SCATTER_DIGITS) for v in pred[:, j]],
+            }
+        concepts.append(entry)
+    detail = {
+        "other": other, "layer": layer,
+        "concepts": concepts,
+        "nmf_error_extraction": _round(f.concepts.relative_error),
+        "nnls_error_evaluation": _round(f.eval_error),
+        "mean_similarity": _round(sim.mean()),
+        "mean_self_similarity": _round(self_sim.mean()),
+        "head_top1_agreement": _round(model_info[r]["head"]["top1_agreement"]),
+        "head_mean_abs_logp_diff": _round(model_info[r]["head"]["mean_abs_logp_diff"]),
+    }
+    return findings, detail
+
+
+def _layerwise(fitted: dict, layers: dict[str, list[str]], r1: str, r2: str) -> dict:
+    """Every listed layer of model 1 against every listed layer of model 2: mean max correlation of concepts."""
+    matrix = [[_round(core.mean_max_similarity(core.pearson_matrix(fitted[(r1, a)].U_eval, fitted[(r2, b)].U_eval)))
+               for b in layers[r2]] for a in layers[r1]]
+    return {"rows": {"model": r1, "layers": list(layers[r1])}, "columns": {"model": r2, "layers": list(layers[r2])},
+            "mmcs": matrix}
+
+
 def _class_result(
     check: RsvcCheck, ctx: Context, cls: str, roles: list[str], layers: dict[str, list[str]], pool: Pool,
     seed: int, clock: Clock, notes: list[str],
@@ -441,17 +428,7 @@ def _class_result(
     shapes: dict = {}
     A_ext = {r: _means(ctx, check, r, layers[r], ext, clock, shapes) for r in roles}
     A_ev = {r: _means(ctx, check, r, layers[r], ev, clock, shapes) for r in roles}
-    fitted = {
-        (r, layer): _fit(A_ext[r][layer], A_ev[r][layer], check.concepts, derive_seed(seed, "nmf", cls, r, layer), clock)
-        for r in roles for layer in layers[r]
-    }
-    stopped = [f"{r} {layer}" for (r, layer), f in fitted.items() if not f.concepts.converged]
-    if stopped:
-        notes.append(f"class {cls}: NMF reached its iteration limit ({core.NMF_MAX_ITER}) before its tolerance for "
-                     f"{len(stopped)} of {len(fitted)} layers ({', '.join(stopped)}); those concepts are used as they stand")
-    for (r, layer), f in fitted.items():
-        if f.concepts.W.shape[0] < check.concepts:
-            notes.append(f"class {cls}, {r} {layer}: only {f.concepts.W.shape[0]} concepts (fewer patches or channels than K)")
+    fitted = _fit_layers(check, cls, roles, layers, A_ext, A_ev, seed, clock, notes)
 
     # Regression on the concept layers, both directions and the self baselines.
     n_img = len(split.evaluation)
@@ -471,28 +448,8 @@ def _class_result(
 
     # Importance through each model's head.
     t = time.perf_counter()
-    patches_ev = ev.patches()
-    importance: dict[str, np.ndarray] = {}
-    raw: dict[str, np.ndarray] = {}
-    model_info: dict[str, dict] = {}
-    for r in roles:
-        layer = concept_layer[r]
-        W = fitted[(r, layer)].concepts.W
-        scale = float(np.median(np.linalg.norm(U[r] @ W, axis=1)))
-        stats = GradStats()
-        grad = concept_gradient(ctx.models[r], layer, W, shapes[(r, layer)], patches_ev, target, scale, stats)
-        ig = core.integrated_gradients(U[r], grad, check.ig_steps).mean(axis=0)
-        peak = float(np.abs(ig).max(initial=0.0))
-        raw[r] = ig
-        importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
-        if stats.omitted_mass > 0:
-            notes.append(
-                f"class {cls}, {r}: classes with probability < {NEGLIGIBLE_PROBABILITY:g} everywhere were left out of "
-                f"the -CE gradient (largest probability mass left out: {stats.omitted_mass:.2g})"
-            )
-        full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
-        model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
-                         "head_rows": stats.head_rows}
+    importance, raw, model_info = _importance(check, ctx, cls, roles, concept_layer, fitted, U, shapes, A_ev, ev,
+                                              target, notes)
     clock.add("importance", t)
 
     # Findings, collages and the concept gallery.
@@ -503,44 +460,9 @@ def _class_result(
     models_detail = {}
     for r in roles:
         other = r2 if r == r1 else r1
-        layer = concept_layer[r]
-        f = fitted[(r, layer)]
-        sim = cv[(other, r)].similarity
-        self_sim = cv[(r, r)].similarity
-        pred = cv[(other, r)].predicted
-        concepts = []
-        for j in range(f.concepts.W.shape[0]):
-            unique = bool(sim[j] < check.tau_sim)
-            important = bool(importance[r][j] > check.tau_imp)
-            findings.append({
-                "model": r, "other": other, "layer": layer, "other_layer": concept_layer[other], "class": cls,
-                "concept": j, "similarity": _round(sim[j]), "self_similarity": _round(self_sim[j]),
-                "importance": _round(importance[r][j]), "importance_raw": _round(raw[r][j]),
-                "unique": unique, "important": important,
-            })
-            top = core.one_per_image(np.argsort(-U[r][:, j], kind="stable"), image_of_row, GALLERY)
-            entry = {"concept": j, "top": [thumbs.patch(row, U[r][row, j]) for row in top]}
-            if unique:
-                col = core.collage_rows(U[r][:, j], pred[:, j], image_of_row, COLLAGE)
-                collage_data = {
-                    "top": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.top],
-                    "over": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.over],
-                    "under": [thumbs.patch(row, U[r][row, j], pred[row, j]) for row in col.under],
-                    "real": [round(float(v), SCATTER_DIGITS) for v in U[r][:, j]],
-                    "predicted": [round(float(v), SCATTER_DIGITS) for v in pred[:, j]],
-                }
-                entry["collages"] = collage_data
-            concepts.append(entry)
-        models_detail[r] = {
-            "other": other, "layer": layer,
-            "concepts": concepts,
-            "nmf_error_extraction": _round(f.concepts.relative_error),
-            "nnls_error_evaluation": _round(f.eval_error),
-            "mean_similarity": _round(sim.mean()),
-            "mean_self_similarity": _round(self_sim.mean()),
-            "head_top1_agreement": _round(model_info[r]["head"]["top1_agreement"]),
-            "head_mean_abs_logp_diff": _round(model_info[r]["head"]["mean_abs_logp_diff"]),
-        }
+        rows, models_detail[r] = _model_concepts(check, cls, r, other, concept_layer, fitted[(r, concept_layer[r])], cv,
+                                                 importance, raw, U, model_info, thumbs, image_of_row)
+        findings += rows
     info["models"] = models_detail
     clock.add("collages", t)
     # Which images, in row order (evaluation patch row r is patch r % P of image r // P).
@@ -551,10 +473,7 @@ def _class_result(
 
     # Layerwise: every listed layer of model 1 against every listed layer of model 2.
     t = time.perf_counter()
-    matrix = [[_round(core.mean_max_similarity(core.pearson_matrix(fitted[(r1, a)].U_eval, fitted[(r2, b)].U_eval)))
-               for b in layers[r2]] for a in layers[r1]]
-    layerwise = {"rows": {"model": r1, "layers": list(layers[r1])}, "columns": {"model": r2, "layers": list(layers[r2])},
-                 "mmcs": matrix}
+    layerwise = _layerwise(fitted, layers, r1, r2)
     clock.add("layerwise", t)
     return findings, info, layerwise
 
@@ -605,8 +524,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     start = time.perf_counter()
     seed = derive_seed(ctx.policy.seed, check.id)
     roles = list(check.models or ctx.models)
-    if len(roles) != 2 or roles[0] == roles[1]:
-        raise UserError(f"check {check.id}: rsvc compares exactly two different models, got {roles}")
+    assert len(roles) == 2 and roles[0] != roles[1], "validate refuses anything but two different models"
     layers = check_layers(ctx.policy, check)
     ctx.log(f"rsvc {check.id}: {len(check.classes)} classes, concept layers "
             + ", ".join(f"{r} {layers[r][-1]}" for r in roles))
@@ -636,7 +554,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     else:
         status = Status.PASS
     ui = [f for f in findings if f["unique"] and f["important"]]
-    summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
+    summary = met_summary(reqs) or (
         f"{len(ui)} unique important concept{'s' if len(ui) != 1 else ''} over {len(classes) - len(skipped)} classes"
     )
     if skipped:
@@ -671,6 +589,6 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     }
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
-        findings=findings, details=details,
+        requirement=requirement_line(reqs),
+        findings=checked_rows(RsvcFinding, findings), details=details,
     )

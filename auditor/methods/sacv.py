@@ -41,10 +41,11 @@ from PIL import Image
 from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
-from auditor.methods import exchangeable, stats
+from auditor.methods import concept_scores, exchangeable, stats
 from auditor.methods.cav import Cav
+from auditor.methods.requirements import requirement_line
 from auditor.methods.concept_scores import (
-    MIN_CAV_ACCURACY, Null, evaluate, exchange_notes, is_tested, null_detail, requirement_text, spare_set,
+    MIN_CAV_ACCURACY, SACV_WORDS, Null, exchange_notes, is_tested, null_detail, requirement_rows, spare_set,
     status_and_summary, test_fields, test_words,
 )
 from auditor.methods.concept_scores import adjust as adjust_cells
@@ -55,7 +56,8 @@ from auditor.methods.spatial import (
 from auditor.models.base import has_layer_grads
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult
-from auditor.schemas.sacv import SacvCheck
+from auditor.schemas.common import checked_rows
+from auditor.schemas.sacv import SacvCheck, SacvFinding
 
 # Overlay thumbnails embedded in results.json (the report draws from results.json alone, never from the
 # image folders, which may not exist where the report is re-rendered).
@@ -160,10 +162,11 @@ def _masks_of(images: data.ImageSet, root: Path, sub: str, what: str, key: str, 
 
 
 def validate(
-    check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str]
+    check: SacvCheck, policy: Policy, pre: data.Preprocessing, where: str, problems: list[str], models: dict,
 ) -> list[data.ImageSet]:
     """The check's own class folder and masks exist and decode, and every class image has its mask. Returns the
     sets only this check reads (its own images, masks and concept masks), for the provenance table."""
+    concept_scores.validate(check, policy, pre, where, problems, models)  # the random draws fit the folders
     root = _classes_root(check, policy)
     masks = _masks_root(check, policy)
     own: list[data.ImageSet | None] = []
@@ -485,14 +488,8 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
     cells, overlays, layers_by_model, plan = _cells(check, ctx)
     rows, family = adjust(findings(cells, check.test, check.statistic), check.alpha)
     maps, thumbnails = _maps_detail(cells, overlays)
-    roles = list(layers_by_model)
-    outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
-    reqs = [
-        {"text": requirement_text(r).replace("sensitive", "spatially sensitive"), "model": r.model, "met": met,
-         "weak": weak, "why": why}
-        for r, (met, weak, why) in zip(check.require, outcomes)
-    ]
-    status, summary = status_and_summary(reqs, rows, "per-position CAV accuracy")
+    reqs = requirement_rows(check.require, rows, list(layers_by_model), check.classes, SACV_WORDS)
+    status, summary = status_and_summary(reqs, rows, SACV_WORDS.accuracy)
     details = {
         "settings": {
             "random_sets": check.random_sets, "set_size": check.set_size, "alpha": check.alpha,
@@ -501,8 +498,7 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
             "masks": _masks_root(check, ctx.policy) is not None,
             "concept_masks": check.concept_masks is not None,
             "test": test_words(check.test, family, check.statistic, (plan or {}).get("pseudo_concepts", 0),
-                               "cell of this check", (plan or {}).get("spare", 0)).replace("TCAV score", "spatial TCAV score")
-                                                    .replace("scores", "spatial scores"),
+                               (plan or {}).get("spare", 0), SACV_WORDS),
             "test_name": check.test, "statistic": check.statistic if plan else "score",
             "cav": cav_learner(check),
             "family_size": family, "min_cav_accuracy": MIN_CAV_ACCURACY,
@@ -519,5 +515,5 @@ def run(check: SacvCheck, ctx: Context) -> CheckResult:
         details["null"] = plan["null"]
     return CheckResult(
         id=check.id, method="sacv", status=status, severity=check.severity, summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)", findings=rows, details=details,
+        requirement=requirement_line(reqs), findings=checked_rows(SacvFinding, rows), details=details,
     )

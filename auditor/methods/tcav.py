@@ -18,13 +18,16 @@ from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.methods import exchangeable, stats
 from auditor.methods.cav import Cav, features, train_cav
+from auditor.methods.requirements import requirement_line
 from auditor.methods.concept_scores import (
-    MIN_CAV_ACCURACY, Null, _tested_p, adjust, evaluate, exchange_notes, null_detail, requirement_text, spare_set,
-    status_and_summary, test_fields, test_words,
+    MIN_CAV_ACCURACY, TCAV_WORDS, Null, _tested_p, adjust, exchange_notes, null_detail, requirement_rows,
+    spare_set, status_and_summary, test_fields, test_words,
 )
 from auditor.models.base import has_layer_grads
 from auditor.policy import TcavCheck, check_layers, relative_name
 from auditor.results import CheckResult, Status
+from auditor.schemas.common import checked_rows
+from auditor.schemas.tcav import TcavFinding
 
 @dataclass(frozen=True)
 class Cell:
@@ -393,13 +396,8 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
              exchange: dict | None = None) -> CheckResult:
     """Requirements, status and summary from adjusted rows; `family` is the Holm family's size; `exchange` the
     exchangeability test's details ({"pseudo_concepts", "capped", "spare", "null", "notes"}), if it ran."""
-    roles = list(layers_by_model)
-    outcomes = [evaluate(r, rows, roles, check.classes) for r in check.require]
-    reqs = [
-        {"text": requirement_text(r), "model": r.model, "met": met, "weak": weak, "why": why}
-        for r, (met, weak, why) in zip(check.require, outcomes)
-    ]
-    status, summary = status_and_summary(reqs, rows, "CAV accuracy")
+    reqs = requirement_rows(check.require, rows, list(layers_by_model), check.classes, TCAV_WORDS)
+    status, summary = status_and_summary(reqs, rows, TCAV_WORDS.accuracy)
     details = {
         "settings": {
             "cav": check.cav,
@@ -432,8 +430,8 @@ def conclude(check: TcavCheck, rows: list[dict], layers_by_model: dict[str, list
         status=status,
         severity=check.severity,
         summary=summary,
-        requirement="; ".join(q["text"] for q in reqs) or "none (informational)",
-        findings=rows,
+        requirement=requirement_line(reqs),
+        findings=checked_rows(TcavFinding, rows),
         details=details,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,3 +49,53 @@ class ConceptRequirement(Strict):
         if self.significant is None and self.min_score is None and self.max_score is None:
             raise ValueError("a requirement needs `significant`, `min_score` or `max_score`")
         return self
+
+
+class _Absent:
+    """A finding key results.json has only under some settings (e.g. the exchangeability test's p-values)."""
+
+    _one: "_Absent | None" = None
+
+    def __new__(cls) -> "_Absent":
+        if cls._one is None:
+            cls._one = super().__new__(cls)
+        return cls._one
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+
+# Finding fields whose JSON key is a Python keyword.
+_JSON_NAMES = {"cls": "class"}
+_FIELD_NAMES = {v: k for k, v in _JSON_NAMES.items()}
+
+
+def finding_to_json(finding: object) -> dict:
+    """A typed finding as results.json writes it: today's keys, ABSENT fields left out (not recursive: a
+    finding's values are JSON values already)."""
+    return {_JSON_NAMES.get(f.name, f.name): getattr(finding, f.name) for f in fields(finding)
+            if getattr(finding, f.name) is not ABSENT}
+
+
+def finding_from_json(kind: type, row: dict) -> object:
+    """The typed finding of `kind` from a results.json row (keys it lacks stay ABSENT or their default); a key
+    the dataclass does not know is a TypeError (the results file is not this version's)."""
+    return kind(**{_FIELD_NAMES.get(k, k): v for k, v in row.items()})
+
+
+def compare_flags(old: dict, new: dict, key: str, yes: str, no: str) -> list[str]:
+    """The change of a boolean finding field as words ([] when it did not change)."""
+    if bool(old.get(key)) == bool(new.get(key)):
+        return []
+    return [yes if new.get(key) else no]
+
+
+def checked_rows(kind: type, rows: list[dict]) -> list[dict]:
+    """Rows a method writes, each built through its typed finding and back: a key the dataclass does not know, or a
+    field the row lacks, fails here, in the method, not in a reader of results.json."""
+    return [finding_to_json(finding_from_json(kind, row)) for row in rows]

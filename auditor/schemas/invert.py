@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from auditor.schemas.common import ArtifactSpec, FolderSpec, Severity, Strict
+from auditor.schemas.artifact_probe import ProbeFinding
+from auditor.schemas.artifact_probe import compare as compare_probe  # its probe findings compare as the probe's
+from auditor.schemas.common import ArtifactSpec, FolderSpec, Severity, Strict, compare_flags
 
 
 class InvertRequirement(Strict):
@@ -62,3 +65,40 @@ class InvertCheck(Strict):
         if len(set(self.forbidden)) != len(self.forbidden):
             raise ValueError("forbidden lists a concept twice")
         return self
+
+
+@dataclass(frozen=True)
+class UnitFinding:
+    """One unit of an audited layer and the formula over the probe labels that explains it best."""
+
+    model: str
+    layer: str
+    unit: int
+    formula: str | None
+    length: int
+    auc: float | None  # held-out
+    search_auc: float | None
+    support: int
+    fraction: float | None
+    search_support: int
+    p_value: float
+    p_adjusted: float | None
+    direction: str | None
+    forbidden: list[str]  # forbidden concepts in the formula (positive literals)
+    suppressed_by: list[str]  # forbidden concepts negated in the formula
+    flagged: bool
+    kind: str = "unit"
+
+
+@dataclass(frozen=True)
+class InvertProbeFinding(ProbeFinding):
+    """The check's logit-level artifact probe, one (model, class)."""
+
+    kind: str = "probe"
+
+
+def compare_unit(old: dict, new: dict) -> tuple[list[str], tuple[str, ...], str | None]:
+    changes = compare_flags(old, new, "flagged", "became flagged", "no longer flagged")
+    if old.get("forbidden") != new.get("forbidden"):
+        changes.append(f"forbidden concepts in its formula: {old.get('forbidden')} -> {new.get('forbidden')}")
+    return changes, ("formula", "auc", "p_adjusted", "flagged"), "auc"

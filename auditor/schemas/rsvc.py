@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from auditor.schemas.common import FolderSpec, Severity, Strict
+from auditor.schemas.common import FolderSpec, Severity, Strict, compare_flags
 
 
 class RsvcRequirement(Strict):
@@ -49,3 +50,28 @@ class RsvcCheck(Strict):
     tau_sim: float = Field(default=0.3, ge=-1, le=1)
     tau_imp: float = Field(default=0.3, ge=0, le=1)
     require: list[RsvcRequirement] = []
+
+
+@dataclass(frozen=True)
+class RsvcFinding:
+    """One concept of `model` (an NMF factor of its concept layer) as the `other` model predicts it."""
+
+    model: str
+    other: str
+    layer: str
+    other_layer: str
+    cls: str  # "class" in results.json
+    concept: int  # the NMF factor's index: comparable between audits while the model's file is unchanged
+    similarity: float | None
+    self_similarity: float | None
+    importance: float | None
+    importance_raw: float | None
+    unique: bool
+    important: bool
+
+
+def compare(old: dict, new: dict) -> tuple[list[str], tuple[str, ...], str | None]:
+    old_ui = {"ui": bool(old.get("unique")) and bool(old.get("important"))}
+    new_ui = {"ui": bool(new.get("unique")) and bool(new.get("important"))}
+    changes = compare_flags(old_ui, new_ui, "ui", "became unique and important", "no longer unique and important")
+    return changes, ("similarity", "importance", "unique", "important"), "similarity"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
+
+from auditor.schemas.tcav import ConceptFinding
+from auditor.schemas.tcav import compare as compare  # SACV findings compare as TCAV's
 
 from auditor.schemas.common import DEFAULT_STATISTIC, ConceptRequirement, FolderSpec, Severity, Strict
 
@@ -41,3 +45,10 @@ class SacvCheck(Strict):
     statistic: Literal["score", "cosine"] = DEFAULT_STATISTIC
     max_pseudo: int = Field(default=2000, ge=19)
     require: list[ConceptRequirement] = []
+
+
+@dataclass(frozen=True)
+class SacvFinding(ConceptFinding):
+    """A TCAV-like cell of the spatial score, with the share of its contribution inside the object masks."""
+
+    inside_mask_share: float | None = None

@@ -1,0 +1,109 @@
+"""A method is one entry of auditor.methods.METHODS: a toy method registered by that entry alone (its schema, run
+and finding defined here) is accepted by the policy, run by the pipeline, written to results.json, read back as
+typed findings and compared by `diff`, with no other file touched."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pytest
+from pydantic import Field
+
+from auditor import diff, pipeline, results
+from auditor.methods import METHODS, Lazy, Method, Reads
+from auditor.methods.descriptor import FindingKind
+from auditor.policy import PolicyError, parse_policy
+from auditor.results import CheckResult, Status
+from auditor.schemas.common import Strict, checked_rows, compare_flags
+
+
+class ToyCheck(Strict):
+    id: str
+    method: Literal["toy"]
+    severity: Literal["critical", "major", "minor"] = "major"
+    description: str = ""
+    classes: list[str] = Field(min_length=1)
+    models: list[str] | None = None
+    high: float = 0.0  # a class whose mean logit is above this is "high"
+
+
+@dataclass(frozen=True)
+class ToyFinding:
+    model: str
+    cls: str
+    mean_logit: float
+    high: bool
+
+
+def toy_run(check: ToyCheck, ctx) -> CheckResult:
+    names = ctx.policy.data.classes.names
+    rows = []
+    for role in check.models or list(ctx.models):
+        for k in check.classes:
+            logits = ctx.models[role].predict(ctx.store.images(ctx.sets.classes[k]))[:, names.index(k)]
+            mean = round(float(np.mean(logits)), 6)
+            rows.append({"model": role, "class": k, "mean_logit": mean, "high": mean > check.high})
+    return CheckResult(id=check.id, method="toy", status=Status.PASS, severity=check.severity, summary="toy",
+                       requirement="none (informational)", findings=checked_rows(ToyFinding, rows))
+
+
+def toy_compare(old: dict, new: dict):
+    return compare_flags(old, new, "high", "became high", "no longer high"), ("mean_logit", "high"), "mean_logit"
+
+
+TOY = Method(schema=ToyCheck, run=Lazy(__name__, "toy_run"), reads=Reads(classes=True),
+             findings={"": FindingKind(ToyFinding, ("model", "class"), toy_compare)}, family=None)
+
+
+def _text(tiny_world, high: float) -> str:
+    return tiny_world.policy_text(extra_check=f"  - {{id: toy-1, method: toy, classes: [a, b], high: {high}}}\n")
+
+
+def test_a_method_unknown_to_the_registry_is_refused(tiny_world):
+    with pytest.raises(PolicyError, match=r"checks\[1\]: unknown method 'toy' \(supported: tcav, "):
+        parse_policy(_text(tiny_world, 0.0), "p.yaml", tiny_world.root)
+
+
+def test_a_registered_toy_method_runs_end_to_end(tiny_world, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "toy", TOY)
+    policy = parse_policy(_text(tiny_world, -1e9), "p.yaml", tiny_world.root)
+    with pytest.raises(PolicyError, match=r"checks\[1\]\.high: Input should be a valid number"):
+        parse_policy(_text(tiny_world, "many"), "p.yaml", tiny_world.root)  # its own schema validates its keys
+    policy = policy.model_copy(update={"checks": policy.checks[1:]})  # the toy check alone: no TCAV to wait for
+    old = pipeline.run_audit(policy, tmp_path / "cache", lambda _m: None).result
+    (check,) = old.checks
+    assert check.method == "toy" and len(check.findings) == 4
+    written = json.loads(results.dumps(old))["checks"][0]["findings"]
+    assert {tuple(sorted(f)) for f in written} == {("class", "high", "mean_logit", "model")}
+    back = results.from_dict(json.loads(results.dumps(old))).checks[0]
+    typed = results.typed_findings(back)
+    assert all(isinstance(f, ToyFinding) and f.high for f in typed)
+    assert [dataclasses.asdict(f)["cls"] for f in typed] == ["a", "b", "a", "b"]
+
+    # `diff` keys toy findings by (model, class) and compares them with the toy's own function.
+    higher = policy.model_copy(update={"checks": [policy.checks[0].model_copy(update={"high": 1e9})]})
+    new = pipeline.run_audit(higher, tmp_path / "cache", lambda _m: None).result
+    d = diff.diff_results(results.from_dict(json.loads(results.dumps(old))), new)
+    assert [f["change"] for f in d["findings"]] == ["no longer high"] * 4
+    assert d["findings"][0]["key"] == {"model": "candidate", "class": "a"}
+
+
+def test_the_committed_sample_findings_round_trip_through_their_dataclasses():
+    """Every finding of the shipped sample results.json (every method) rebuilds as its method's dataclass and
+    writes back to exactly the same dict: the dataclasses cover today's keys, no more, no fewer."""
+    from pathlib import Path
+
+    from auditor.schemas.common import finding_to_json
+
+    sample = results.read(Path(__file__).resolve().parents[1] / "sample_reports" / "results.json")
+    assert {c.method for c in sample.checks} == set(METHODS)
+    for check in sample.checks:
+        typed = results.typed_findings(check)
+        assert typed and all(dataclasses.is_dataclass(f) for f in typed)
+        assert [finding_to_json(f) for f in typed] == check.findings, check.id
+        assert json.loads(results.dumps(dataclasses.replace(sample, checks=[dataclasses.replace(check, findings=typed)])))[
+            "checks"][0]["findings"] == check.findings
