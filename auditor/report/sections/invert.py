@@ -1,18 +1,21 @@
-"""The INVERT section of the report (block "invert", templates/section_invert.html.j2), from results.json alone.
+"""The INVERT section of the report (block "invert", templates/sections/invert.html.j2), from results.json alone.
 
-Registered in render.SECTIONS; it imports render's helpers inside the builder because render imports this module.
+Registered in auditor.report.sections.SECTIONS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from auditor.report import figures, figures_invert
+from auditor.report.figures import artifact_probe as probe_figures
+from auditor.report.figures import invert as figures_invert
+from auditor.report.figures.common import shorten
+from auditor.report.format import fmt_num, fmt_p, fmt_share, fmt_value, ordered, placement_words, slug
+from auditor.report.loading import ResultsError, need, requirements
+from auditor.report.sections.generic import generic_section
+from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult
-
-if TYPE_CHECKING:
-    from auditor.report.render import Section, SectionContext
 
 INVERT_LIMITS_NOTE = (
     "INVERT describes what a unit responds to on the probe set, in terms of the concepts labelled there: a unit "
@@ -29,14 +32,12 @@ APPENDIX_COLUMNS = ("model", "layer", "unit", "formula", "length", "auc", "searc
 
 
 def _appendix(units: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    from auditor.report.render import ResultsError, _need
-
-    columns = list(_need(units, "columns", where))
+    columns = list(need(units, "columns", where))
     missing = [c for c in APPENDIX_COLUMNS if c not in columns]
     if missing:
         raise ResultsError(f"{where}.columns lacks {', '.join(missing)}")
     rows = []
-    for i, r in enumerate(_need(units, "rows", where)):
+    for i, r in enumerate(need(units, "rows", where)):
         if not isinstance(r, list) or len(r) != len(columns):
             raise ResultsError(f"{where}.rows[{i}] does not match the columns")
         rows.append(dict(zip(columns, r)))
@@ -45,37 +46,22 @@ def _appendix(units: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
 
 def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
     """INVERT: unit overview, flagged units with their evidence, the logit probe, requirements, appendix table."""
-    from auditor.report.render import (
-        FigureRef,
-        Section,
-        _need,
-        _ordered,
-        _placement_words,
-        _requirements,
-        _slug,
-        fmt_num,
-        fmt_p,
-        fmt_share,
-        fmt_value,
-        generic_section,
-    )
-
     where = f"check {check.id!r} (invert)"
     details = check.details
     if not details and not check.findings:  # nothing was computed (e.g. a check with no units): say so plainly
         return generic_section(check, ctx)
-    settings = _need(details, "settings", f"{where}: details")
+    settings = need(details, "settings", f"{where}: details")
     for key in ("concepts", "forbidden", "n_images", "n_search", "n_eval", "reduce", "formula_length", "beam",
                 "min_fraction", "max_fraction", "tau", "alpha", "test", "family_size"):
-        _need(settings, key, f"{where}: details.settings")
-    units = _appendix(_need(details, "units", f"{where}: details"), f"{where}: details.units")
+        need(settings, key, f"{where}: details.settings")
+    units = _appendix(need(details, "units", f"{where}: details"), f"{where}: details.units")
     if not units:
         return generic_section(check, ctx)
     tau = float(settings["tau"])
     layers_declared = details.get("layers") or {}
-    roles = _ordered(ctx.roles, [str(u["model"]) for u in units])
+    roles = ordered(ctx.roles, [str(u["model"]) for u in units])
     layers = {
-        role: _ordered([str(x) for x in layers_declared.get(role, [])],
+        role: ordered([str(x) for x in layers_declared.get(role, [])],
                        [str(u["layer"]) for u in units if u["model"] == role])
         for role in roles
     }
@@ -83,10 +69,10 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
     probe = [f for f in check.findings if isinstance(f, Mapping) and f.get("kind") == "probe"]
     for i, f in enumerate(unit_findings):
         for key in ("model", "layer", "unit", "formula", "auc", "support", "p_adjusted", "flagged"):
-            _need(f, key, f"{where}: unit finding {i}")
+            need(f, key, f"{where}: unit finding {i}")
     for i, f in enumerate(probe):
         for key in ("model", "class", "auc", "reliant"):
-            _need(f, key, f"{where}: probe finding {i}")
+            need(f, key, f"{where}: probe finding {i}")
     forbidden_units = {(f["model"], f["layer"], f["unit"]) for f in unit_findings if f.get("forbidden")}
 
     figs: list[FigureRef] = []
@@ -123,15 +109,15 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
         threshold = float(settings.get("threshold", 0.7))
         direction = str(settings.get("direction", "raise"))
         classes = list(dict.fromkeys(str(f["class"]) for f in probe))
-        probe_roles = _ordered(roles, [str(f["model"]) for f in probe])
+        probe_roles = ordered(roles, [str(f["model"]) for f in probe])
         path, src = ctx.figure("invert-probe.svg")
         ctx.draw(
-            figures.artifact_auc,
-            [figures.AucBar(model=str(f["model"]), cls=str(f["class"]),
+            probe_figures.artifact_auc,
+            [probe_figures.AucBar(model=str(f["model"]), cls=str(f["class"]),
                             auc=None if f["auc"] is None else float(f["auc"]), reliant=bool(f["reliant"]))
              for f in probe],
             classes, probe_roles, path, threshold=threshold, direction=direction,
-            title=f"Artifact {figures.shorten(str(artifact.get('image', '')), 80)}",
+            title=f"Artifact {shorten(str(artifact.get('image', '')), 80)}",
         )
         band = f"above {threshold:g}" + (f" or below {1 - threshold:g}" if direction == "both" else "")
         probe_fig = FigureRef(
@@ -174,23 +160,23 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
             tops = []
             for j, e in enumerate(mine):
                 w = f"{where}: details.evidence ({role}, {j})"
-                hist = _need(e, "histogram", w)
-                label = (f"{figures.shorten(str(_need(e, 'layer', w)), 26)} #{_need(e, 'unit', w)}: "
-                         f"{_need(e, 'formula', w)}")
+                hist = need(e, "histogram", w)
+                label = (f"{shorten(str(need(e, 'layer', w)), 26)} #{need(e, 'unit', w)}: "
+                         f"{need(e, 'formula', w)}")
                 panels.append(figures_invert.DistPanel(
-                    title=label, edges=tuple(float(x) for x in _need(hist, "edges", w)),
-                    with_formula=tuple(int(x) for x in _need(hist, "with", w)),
-                    without_formula=tuple(int(x) for x in _need(hist, "without", w)),
+                    title=label, edges=tuple(float(x) for x in need(hist, "edges", w)),
+                    with_formula=tuple(int(x) for x in need(hist, "with", w)),
+                    without_formula=tuple(int(x) for x in need(hist, "without", w)),
                     auc=None if e.get("auc") is None else float(e["auc"]),
                 ))
-                top = list(_need(e, "top_images", w))
+                top = list(need(e, "top_images", w))
                 tops.append(figures_invert.TopRow(
-                    label=label, images=tuple(str(_need(t, "png", w)) for t in top),
-                    activations=tuple(float(_need(t, "activation", w)) for t in top),
-                    holds=tuple(bool(_need(t, "holds", w)) for t in top),
+                    label=label, images=tuple(str(need(t, "png", w)) for t in top),
+                    activations=tuple(float(need(t, "activation", w)) for t in top),
+                    holds=tuple(bool(need(t, "holds", w)) for t in top),
                 ))
-            slug = _slug(role, 20)
-            path, src = ctx.figure(f"invert-dist-{slug}.svg")
+            tag = slug(role, 20)
+            path, src = ctx.figure(f"invert-dist-{tag}.svg")
             ctx.draw(figures_invert.unit_distributions, panels, path, title=f"{role}: flagged units")
             more = (f" The {len(mine)} flagged units with the highest AUC are shown; the table lists all "
                     f"{len(flagged)}." if len(mine) < len(flagged) else "")
@@ -203,7 +189,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
                     "the corner summarises it." + more
                 ),
             )
-            path, src = ctx.figure(f"invert-top-{slug}.png")
+            path, src = ctx.figure(f"invert-top-{tag}.png")
             ctx.draw(figures_invert.top_images, tops, path)
             images_fig = FigureRef(
                 src=src, alt=f"Top-activating probe images of the flagged units of the {role} model",
@@ -251,7 +237,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
         ("Test", str(settings["test"])),
     ]
     if probe and isinstance(artifact, Mapping):
-        settings_rows.append(("Artifact", f"{artifact.get('image')}, pasted {_placement_words(artifact)}"))
+        settings_rows.append(("Artifact", f"{artifact.get('image')}, pasted {placement_words(artifact)}"))
         if settings.get("n_pairs") is not None:
             settings_rows.append(("Probe pairs", fmt_value(settings["n_pairs"])))
 
@@ -277,7 +263,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
             "probe_fig": probe_fig,
             "probe": probe_table,
             "artifact": str(artifact.get("image")) if isinstance(artifact, Mapping) else None,
-            "placement": _placement_words(artifact) if isinstance(artifact, Mapping) else "",
+            "placement": placement_words(artifact) if isinstance(artifact, Mapping) else "",
             "threshold": f"{float(settings.get('threshold', 0.7)):g}",
             "low": f"{1 - float(settings.get('threshold', 0.7)):g}",
             "direction": str(settings.get("direction", "raise")),
@@ -286,7 +272,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
             "appendix_total": len(units),
             "appendix_shown": len(rows_all),
             "settings_rows": settings_rows,
-            "requirements": _requirements(details, where),
+            "requirements": requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
             "limits": INVERT_LIMITS_NOTE,
         },

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from auditor.report import figures_null
-from auditor.report.figures import shorten
+from auditor.report.figures import null as figures_null
+from auditor.report.figures.common import shorten
 
 STATISTIC_LABELS = {"score": "TCAV score (pseudo-concepts)", "cosine": "cosine sensitivity (pseudo-concepts)"}
 CENTRES = {"score": 0.5, "cosine": 0.0}

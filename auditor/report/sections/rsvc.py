@@ -1,18 +1,19 @@
-"""The RSVC section of the report (block "rsvc", templates/section_rsvc.html.j2), from results.json alone.
+"""The RSVC section of the report (block "rsvc", templates/sections/rsvc.html.j2), from results.json alone.
 
-Registered in render.SECTIONS; it imports render's helpers inside the builder because render imports this module.
+Registered in auditor.report.sections.SECTIONS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from auditor.report import figures_rsvc
+from auditor.report.figures import rsvc as figures_rsvc
+from auditor.report.format import fmt_num, fmt_value, ordered, slug
+from auditor.report.loading import need, requirements
+from auditor.report.sections.generic import generic_section
+from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult
-
-if TYPE_CHECKING:
-    from auditor.report.render import Section, SectionContext
 
 RSVC_LIMITS_NOTE = (
     "RSVC compares what two models represent, not what they rely on: a concept is shared when the other model's "
@@ -39,36 +40,24 @@ def _marks(collages: Mapping[str, Any]) -> dict[str, list[tuple[float, float]]]:
 def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
     """RSVC: per class the similarity-vs-importance scatter, the concept gallery, the RSVC figure of every unique
     and important concept, the concept table; the layerwise heat map; requirements, settings, notes."""
-    from auditor.report.render import (
-        FigureRef,
-        Section,
-        _need,
-        _ordered,
-        _requirements,
-        _slug,
-        fmt_num,
-        fmt_value,
-        generic_section,
-    )
-
     where = f"check {check.id!r} (rsvc)"
     details = check.details
-    settings = _need(details, "settings", f"{where}: details")
+    settings = need(details, "settings", f"{where}: details")
     for key in ("concepts", "tau_sim", "tau_imp", "lasso_alpha", "folds", "ig_steps", "patch", "stride",
                 "crop_px", "patches_per_image", "images"):
-        _need(settings, key, f"{where}: details.settings")
-    classes_detail = _need(details, "classes", f"{where}: details")
+        need(settings, key, f"{where}: details.settings")
+    classes_detail = need(details, "classes", f"{where}: details")
     for i, f in enumerate(check.findings):
         for key in FINDING_KEYS:
-            _need(f, key, f"{where}: findings[{i}]")
+            need(f, key, f"{where}: findings[{i}]")
     if not check.findings and not classes_detail:
         return generic_section(check, ctx)
     tau_sim, tau_imp = float(settings["tau_sim"]), float(settings["tau_imp"])
-    roles = _ordered(ctx.roles, [str(f["model"]) for f in check.findings] + list(settings.get("models") or []))
+    roles = ordered(ctx.roles, [str(f["model"]) for f in check.findings] + list(settings.get("models") or []))
     concept_layers = details.get("concept_layers") or {}
     figs: list[FigureRef] = []
     classes = []
-    order = _ordered([str(k) for k in settings.get("classes") or []], list(classes_detail))
+    order = ordered([str(k) for k in settings.get("classes") or []], list(classes_detail))
     for ci, cls in enumerate(order):
         info = classes_detail[cls]
         rows = [f for f in check.findings if f["class"] == cls]
@@ -104,7 +93,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
                 "head_logp": fmt_num(m.get("head_mean_abs_logp_diff"), 3),
                 "unique_important": sum(1 for f in mine if f["unique"] and f["important"]),
             })
-        path, src = ctx.figure(f"rsvc-{ci}-{_slug(cls, 20)}-scatter.svg")
+        path, src = ctx.figure(f"rsvc-{ci}-{slug(cls, 20)}-scatter.svg")
         ctx.draw(figures_rsvc.similarity_importance, panels, path, tau_sim=tau_sim, tau_imp=tau_imp)
         scatter = FigureRef(
             src=src, alt=f"Similarity versus importance of every concept of class {cls}, per model",
@@ -137,7 +126,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
                 ))
             columns.append((f"{role} ({figures_rsvc.shorten(str(concept_layers.get(role, '')), 28)})", gallery_rows))
         per_row = max([len(r.pngs) for _, rows_ in columns for r in rows_], default=1)
-        path, src = ctx.figure(f"rsvc-{ci}-{_slug(cls, 20)}-gallery.png")
+        path, src = ctx.figure(f"rsvc-{ci}-{slug(cls, 20)}-gallery.png")
         ctx.draw(figures_rsvc.concept_gallery, columns, path, per_row=per_row)
         gallery = FigureRef(
             src=src, alt=f"Top evaluation patches of every concept of class {cls}, per model",
@@ -158,7 +147,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
                 if f is None or not (f["unique"] and f["important"]) or not col:
                     continue
                 other = str(f["other"])
-                path, src = ctx.figure(f"rsvc-{ci}-{_slug(cls, 20)}-{_slug(role, 12)}-{j}.png")
+                path, src = ctx.figure(f"rsvc-{ci}-{slug(cls, 20)}-{slug(role, 12)}-{j}.png")
                 ctx.draw(
                     figures_rsvc.concept_detail,
                     [str(p["png"]) for p in col.get("top") or []], [str(p["png"]) for p in col.get("over") or []],
@@ -202,7 +191,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
             col_model=str(lw["columns"]["model"]), columns=tuple(str(x) for x in lw["columns"]["layers"]),
             mmcs=tuple(tuple(float(v) for v in row) for row in lw["mmcs"]),
         )
-        for cls in _ordered(order, list(layerwise)) for lw in [layerwise[cls]]
+        for cls in ordered(order, list(layerwise)) for lw in [layerwise[cls]]
     ]
     layerwise_fig = None
     if lw_panels:
@@ -249,7 +238,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
             "tau_sim": f"{tau_sim:g}",
             "tau_imp": f"{tau_imp:g}",
             "k": fmt_value(settings["concepts"]),
-            "requirements": _requirements(details, where),
+            "requirements": requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
             "limits": RSVC_LIMITS_NOTE,
         },
