@@ -505,6 +505,8 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "auditor/templates/report.html.j2" in names
     assert "auditor/templates/report.css" in names
+    assert "auditor/templates/sections/tcav.html.j2" in names  # the section templates, one per method
+    assert "auditor/report/sections/tcav.py" in names and "auditor/report/figures/common.py" in names
     assert "auditor/cli.py" in names
 
 
