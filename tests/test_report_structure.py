@@ -26,10 +26,14 @@ def _imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in known}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module in known:
-                out.add(node.module)
-            # `from auditor.report import workers` imports the module auditor.report.workers
-            out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
+            # `from auditor.report import workers` imports the module auditor.report.workers; a name that is not
+            # a module (`from auditor.report.sections import SECTIONS`) comes from the package itself.
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                if sub in known:
+                    out.add(sub)
+                elif node.module in known:
+                    out.add(node.module)
     return out
 
 

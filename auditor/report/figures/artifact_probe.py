@@ -78,6 +78,34 @@ def artifact_auc_size(classes: Sequence[str], roles: Sequence[str], *, threshold
                                                  title=title).height)
 
 
+def _draw_auc_bars(ax: Any, bars: Sequence[AucBar], class_y: dict[str, int], role_i: dict[str, int], step: float,
+                   colour: dict[str, str], value_size: float) -> None:
+    """The bars of artifact_auc, from 0.5 to each AUC, with their values and end ticks."""
+    drawn = []
+    for bar in bars:
+        y = class_y[bar.cls] - 0.4 + step * (role_i[bar.model] + 0.5)
+        if bar.auc is None:
+            ax.text(0.51, y, "no AUC", ha="left", va="center", fontsize=value_size, color=GREY, zorder=4)
+            continue
+        auc = float(bar.auc)
+        drawn.append((bar, y, auc))
+        right = auc >= 0.5
+        ax.text(
+            auc + (0.012 if right else -0.012), y, f"{auc:.2f}", ha="left" if right else "right", va="center",
+            fontsize=value_size, fontweight="bold" if bar.reliant else "normal", zorder=4,
+        )
+    if drawn:
+        # All bars in one call and all end ticks in one collection (one artist per bar is slow to draw).
+        edges = ["black" if b.reliant else "#555555" for b, _, _ in drawn]
+        ax.barh([y for _, y, _ in drawn], [a - 0.5 for _, _, a in drawn], step * 0.86, left=0.5,
+                color=[colour[b.model] for b, _, _ in drawn], edgecolor=edges,
+                linewidth=[1.6 if b.reliant else 0.4 for b, _, _ in drawn], zorder=2)
+        # A short tick at the bar's end keeps an AUC of about 0.5 (a bar of no length) visible.
+        ax.add_collection(LineCollection(
+            [[(a, y - step * 0.43), (a, y + step * 0.43)] for _, y, a in drawn], colors=edges,
+            linewidths=[1.6 if b.reliant else 0.8 for b, _, _ in drawn], capstyle="butt", zorder=3))
+
+
 def artifact_auc(
     bars: Sequence[AucBar],
     classes: Sequence[str],
@@ -125,29 +153,7 @@ def artifact_auc(
             ax.axvspan(0.0, low, facecolor=BAND_COLOUR, linewidth=0, zorder=0)
         ax.axvline(0.5, color="#333333", linestyle=(0, (3, 2)), linewidth=0.9, zorder=3)
         value_size = 6.5 if n_classes * n_roles <= 24 else 5.5
-        drawn = []
-        for bar in bars:
-            y = class_y[bar.cls] - 0.4 + step * (role_i[bar.model] + 0.5)
-            if bar.auc is None:
-                ax.text(0.51, y, "no AUC", ha="left", va="center", fontsize=value_size, color=GREY, zorder=4)
-                continue
-            auc = float(bar.auc)
-            drawn.append((bar, y, auc))
-            right = auc >= 0.5
-            ax.text(
-                auc + (0.012 if right else -0.012), y, f"{auc:.2f}", ha="left" if right else "right", va="center",
-                fontsize=value_size, fontweight="bold" if bar.reliant else "normal", zorder=4,
-            )
-        if drawn:
-            # All bars in one call and all end ticks in one collection (one artist per bar is slow to draw).
-            edges = ["black" if b.reliant else "#555555" for b, _, _ in drawn]
-            ax.barh([y for _, y, _ in drawn], [a - 0.5 for _, _, a in drawn], step * 0.86, left=0.5,
-                    color=[colour[b.model] for b, _, _ in drawn], edgecolor=edges,
-                    linewidth=[1.6 if b.reliant else 0.4 for b, _, _ in drawn], zorder=2)
-            # A short tick at the bar's end keeps an AUC of about 0.5 (a bar of no length) visible.
-            ax.add_collection(LineCollection(
-                [[(a, y - step * 0.43), (a, y + step * 0.43)] for _, y, a in drawn], colors=edges,
-                linewidths=[1.6 if b.reliant else 0.8 for b, _, _ in drawn], capstyle="butt", zorder=3))
+        _draw_auc_bars(ax, bars, class_y, role_i, step, colour, value_size)
         # Room for the value labels beyond 0 and 1; the axis itself spans 0..1.
         ax.set_xlim(-0.07, 1.07)
         ax.spines["bottom"].set_bounds(0.0, 1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,54 @@ def _probe_row(finding: Any, where: str) -> _ProbeRow:
 MAX_PROBE_FIGURE_CLASSES = 30
 
 
+def _probe_table(rows: Sequence[_ProbeRow], classes: Sequence[str], roles: Sequence[str]) -> list[dict[str, Any]]:
+    """The findings table of the probe section: a row per class, a cell per model."""
+    # A row per class, a column group per model: the reviewer reads the candidate and the reference side by side,
+    # and the table has a third of the cells of a row per (model, class).
+    common_pairs = {r.n_pairs for r in rows}
+    by_key = {(r.model, r.cls): r for r in rows}
+    table = []
+    for cls in classes:
+        cells = []
+        for role in roles:
+            r = by_key.get((role, cls))
+            if r is None:
+                cells.append({"auc": ["not computed"], "reliant": False, "shift": "—", "flipped_to": "—"})
+                continue
+            auc = [fmt_num(r.auc)]
+            if r.reliant:
+                auc.append(f"reliant · {r.effect}")
+            if len(common_pairs) > 1:
+                auc.append(f"{fmt_value(r.n_pairs)} pairs")
+            cells.append({"auc": auc, "reliant": r.reliant, "shift": fmt_num(r.shift),
+                          "flipped_to": fmt_share(r.flipped_to)})
+        table.append({"class": cls, "cells": cells})
+    return table
+
+
+def _figure_classes(rows: Sequence[_ProbeRow], classes: Sequence[str]) -> list[str]:
+    """The classes the figure shows: all, or the MAX_PROBE_FIGURE_CLASSES the artifact moves most."""
+    shown = list(classes)
+    if len(classes) > MAX_PROBE_FIGURE_CLASSES:
+        def strength(cls: str) -> tuple[bool, float]:
+            mine = [r for r in rows if r.cls == cls]
+            return (any(r.reliant for r in mine), max((abs(r.auc - 0.5) for r in mine if r.auc is not None),
+                                                      default=0.0))
+        keep = set(sorted(classes, key=strength, reverse=True)[:MAX_PROBE_FIGURE_CLASSES])
+        shown = [c for c in classes if c in keep]
+    return shown
+
+
+def _changed(rows: Sequence[_ProbeRow], roles: Sequence[str]) -> list[tuple[str, str]]:
+    """(model, share of predictions the artifact changed) for the models that report it."""
+    changed = []
+    for role in roles:
+        shares = [r.changed for r in rows if r.model == role and r.changed is not None]
+        if shares:
+            changed.append((role, fmt_share(shares[0])))
+    return changed
+
+
 def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
     """Artifact probe: AUC bars per class and model against the reliance band, requirements, findings table."""
     where = f"check {check.id!r} (artifact_probe)"
@@ -86,14 +135,7 @@ def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
 
     # Many classes (an ImageNet model tests 1000) would not fit one figure: it shows the classes the artifact
     # moves most (reliant ones first), in their original order; the table lists every class.
-    shown = classes
-    if len(classes) > MAX_PROBE_FIGURE_CLASSES:
-        def strength(cls: str) -> tuple[bool, float]:
-            mine = [r for r in rows if r.cls == cls]
-            return (any(r.reliant for r in mine), max((abs(r.auc - 0.5) for r in mine if r.auc is not None),
-                                                      default=0.0))
-        keep = set(sorted(classes, key=strength, reverse=True)[:MAX_PROBE_FIGURE_CLASSES])
-        shown = [c for c in classes if c in keep]
+    shown = _figure_classes(rows, classes)
     path, src = ctx.figure("probe-auc.svg")
     title = f"Artifact {shorten(image, 80)}"
     ctx.draw_sized(
@@ -122,31 +164,8 @@ def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
         ),
     )
 
-    # A row per class, a column group per model: the reviewer reads the candidate and the reference side by side,
-    # and the table has a third of the cells of a row per (model, class).
-    common_pairs = {r.n_pairs for r in rows}
-    by_key = {(r.model, r.cls): r for r in rows}
-    table = []
-    for cls in classes:
-        cells = []
-        for role in roles:
-            r = by_key.get((role, cls))
-            if r is None:
-                cells.append({"auc": ["not computed"], "reliant": False, "shift": "—", "flipped_to": "—"})
-                continue
-            auc = [fmt_num(r.auc)]
-            if r.reliant:
-                auc.append(f"reliant · {r.effect}")
-            if len(common_pairs) > 1:
-                auc.append(f"{fmt_value(r.n_pairs)} pairs")
-            cells.append({"auc": auc, "reliant": r.reliant, "shift": fmt_num(r.shift),
-                          "flipped_to": fmt_share(r.flipped_to)})
-        table.append({"class": cls, "cells": cells})
-    changed = []
-    for role in roles:
-        shares = [r.changed for r in rows if r.model == role and r.changed is not None]
-        if shares:
-            changed.append((role, fmt_share(shares[0])))
+    table = _probe_table(rows, classes, roles)
+    changed = _changed(rows, roles)
     n_pairs = settings.get("n_pairs")
     if n_pairs is None:
         n_pairs = next((r.n_pairs for r in rows if r.n_pairs is not None), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from auditor.report.cav_text import DEFAULT_MIN_CAV_ACCURACY, significance_note
@@ -95,6 +96,34 @@ _SPACE_WORDS = {
 }
 
 
+def _group_label(pair: tuple[str, str]) -> str:
+    return f"{pair[1]}\nclass {pair[0]}"
+
+
+def _draw_scores(rows: Sequence[_TcavRow], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+                 pairs: Sequence[tuple[str, str]], ctx: SectionContext) -> tuple[Path, str]:
+    """Draw the TCAV figure (a panel of score bars per model); (path, src) of it."""
+    panels = []
+    for role in roles:
+        name = ctx.model_names.get(role, "")
+        panels.append(tcav_figures.TcavPanel(
+            title=f"{role}: {name}" if name else role,
+            bars=tuple(
+                tcav_figures.TcavBar(
+                    group=_group_label((r.cls, r.concept)), layer=r.layer, score=r.score, std=r.score_std,
+                    random_mean=r.random_mean, random_std=r.random_std, significant=r.significant,
+                    learned=r.learned,
+                )
+                for r in rows if r.model == role
+            ),
+            layers=tuple(layers[role]),
+        ))
+    path, src = ctx.figure("tcav.svg")
+    groups = [_group_label(p) for p in pairs]
+    ctx.draw_sized(tcav_figures.tcav_models_size(panels, groups), tcav_figures.tcav_models, panels, groups, path)
+    return path, src
+
+
 def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     """TCAV: one figure of score bars (a panel per model) against the random band, a findings grid, requirements.
 
@@ -124,27 +153,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     classes = list(dict.fromkeys(r.cls for r in rows))
     concepts = list(dict.fromkeys(r.concept for r in rows))
 
-    def group_label(pair: tuple[str, str]) -> str:
-        return f"{pair[1]}\nclass {pair[0]}"
-
-    panels = []
-    for role in roles:
-        name = ctx.model_names.get(role, "")
-        panels.append(tcav_figures.TcavPanel(
-            title=f"{role}: {name}" if name else role,
-            bars=tuple(
-                tcav_figures.TcavBar(
-                    group=group_label((r.cls, r.concept)), layer=r.layer, score=r.score, std=r.score_std,
-                    random_mean=r.random_mean, random_std=r.random_std, significant=r.significant,
-                    learned=r.learned,
-                )
-                for r in rows if r.model == role
-            ),
-            layers=tuple(layers[role]),
-        ))
-    path, src = ctx.figure("tcav.svg")
-    groups = [group_label(p) for p in pairs]
-    ctx.draw_sized(tcav_figures.tcav_models_size(panels, groups), tcav_figures.tcav_models, panels, groups, path)
+    path, src = _draw_scores(rows, roles, layers, pairs, ctx)
     models_words = "each model" if len(roles) > 1 else f"the {roles[0]} model"
     figs = (FigureRef(
         src=src,
