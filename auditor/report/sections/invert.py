@@ -173,9 +173,9 @@ def _flagged(role: str, unit_findings: Sequence[Mapping[str, Any]], units: Seque
                 "unit's formula holds, a thin grey one images where it does not." + more
             ),
         )
-        entry = {"role": role, "table": table, "count": len(flagged),
-                      "total": sum(1 for u in units if u["model"] == role),
-                      "dist_fig": dist_fig, "images_fig": images_fig}
+    entry = {"role": role, "table": table, "count": len(flagged),
+             "total": sum(1 for u in units if u["model"] == role),
+             "dist_fig": dist_fig, "images_fig": images_fig}
     return entry, [f for f in (dist_fig, images_fig) if f is not None]
 
 
