@@ -4,7 +4,6 @@ The report never recomputes anything: every number on the page is read from resu
 embedded in the PDF). Re-rendering the same file gives the same HTML and SVG bytes: the date printed is the
 audit's `provenance.created`, never the time of rendering.
 
-Check sections are dispatched on `check.method` through SECTIONS (a dict literal): adding a method to the report
 Check sections are built by auditor.report.sections (SECTIONS: one entry per method), drawn by
 auditor.report.workers, and written by html, pdf and ci; this module only assembles the document.
 """

@@ -55,7 +55,7 @@ class Section:
 class FigureJob:
     """One deferred figure: ``func(*args, **kwargs)`` writes it (plain, picklable values only).
 
-    ``svg``: the figure is written to an ``.svg`` path (through figures._save, with its PNG raster); other figures
+    ``svg``: the figure is written to an ``.svg`` path (through figures.common._save, with its PNG raster); other figures
     (image grids) are PNG files only. ``raster``: the PNG file the PDF shows (None: no path among the arguments).
     ``size``: (width, height) in pixels of that PNG when known before drawing (see SectionContext.draw_sized):
     the PDF can then be laid out while the figure is still being drawn.
@@ -87,14 +87,14 @@ class SectionContext:
     def draw(self, func: Callable[..., Path], *args: Any, **kwargs: Any) -> None:
         """Draw a figure with ``func(*args, **kwargs)`` (a function of auditor.report.figures): now, or as a job.
 
-        A figure whose path (an argument) ends in ``.svg`` must be written through figures._save: a render may
+        A figure whose path (an argument) ends in ``.svg`` must be written through figures.common._save: a render may
         call ``func`` twice, once for the PNG raster and once for the SVG.
         """
         self.draw_sized(None, func, *args, **kwargs)
 
     def draw_sized(self, size: tuple[int, int] | None, func: Callable[..., Path], *args: Any, **kwargs: Any) -> None:
         """``draw``, for a figure whose PNG raster is known to be ``size`` = (width, height) pixels before it is
-        drawn (e.g. figures.tcav_models_size): the render lays the PDF out while it is drawn, and checks the size.
+        drawn (e.g. figures.tcav.tcav_models_size): the render lays the PDF out while it is drawn, and checks the size.
         """
         if self.jobs is None:
             func(*args, **kwargs)

@@ -2,7 +2,7 @@
 grids), real-vs-predicted scatters, and the layerwise mean-max similarity heat map.
 
 Module-level functions of plain values (they may run in another process, see auditor.report.workers); each writes
-one file (SVG plots also get their PNG raster through figures._save) and returns its path.
+one file (SVG plots also get their PNG raster through figures.common._save) and returns its path.
 """
 
 from __future__ import annotations

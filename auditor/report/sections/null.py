@@ -1,5 +1,5 @@
 """The figure TCAV and SACV sections share under the exchangeability test: the pseudo-concepts' null per
-(model, layer, class) with each concept's statistic marked (figures_null.py draws it). No import of render.py:
+(model, layer, class) with each concept's statistic marked (figures/null.py draws it). No import of render.py:
 the section context is passed in, so the section modules can use it without an import cycle."""
 
 from __future__ import annotations
