@@ -6,7 +6,7 @@
 Peak memory is the process's peak resident set size (resource.getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux):
 WeasyPrint's layout and Pango/cairo live outside the Python heap, which tracemalloc would not see.
 With two or more cores the figures are drawn by worker processes while this process lays out the PDF (see
-render.FigureDrawing); their peak RSS and CPU time are printed apart. The seconds of each phase
+auditor.report.workers.FigureDrawing); their peak RSS and CPU time are printed apart. The seconds of each phase
 (RenderedReport.timings; "figures" overlaps "pdf_layout") and the load average before and after are printed too:
 on a shared machine the load says how much of the time was spent waiting for a core.
 The last line is machine-read: ``render_100: seconds=<s> peak_mib=<MiB>``.
@@ -132,7 +132,7 @@ def main() -> None:
         print("phases: " + ", ".join(f"{name} {s:.1f} s" for name, s in phases))
         print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
               f"cores {len(os.sched_getaffinity(0))}")
-        # Figure workers (auditor.report.render.draw_figures) are child processes: their peak is reported apart.
+        # Figure workers (auditor.report.workers) are child processes: their peak is reported apart.
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         print(f"figure workers: peak RSS {children.ru_maxrss / 1024:.0f} MiB; "
               f"cpu {children.ru_utime + children.ru_stime:.1f} s; this process cpu {time.process_time():.1f} s")

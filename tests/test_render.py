@@ -14,7 +14,8 @@ import pytest
 from pypdf import PdfReader
 
 from auditor import results
-from auditor.report.render import RenderError, ResultsError, _check_assets, render_report
+from auditor.report.pdf import check_assets
+from auditor.report.render import RenderError, ResultsError, render_report
 from auditor.results import (
     AuditResult,
     CheckResult,
@@ -286,19 +287,20 @@ def test_tcav_grid_splits_many_layers(tmp_path: Path) -> None:
 def test_tcav_figure_has_a_panel_per_model(tmp_path: Path) -> None:
     from PIL import Image
 
-    from auditor.report import figures
+    from auditor.report.figures import tcav as figures
+    from auditor.report.figures.common import raster_path
 
     bars = [figures.TcavBar(group="c\nclass k", layer=layer, score=0.7, std=0.4, random_mean=0.5, random_std=0.1,
                             significant=True, learned=True) for layer in ("a", "b")]
     one = figures.tcav_models([figures.TcavPanel("m1", tuple(bars), ("a", "b"))], ["c\nclass k"], tmp_path / "1.svg")
     two = figures.tcav_models([figures.TcavPanel("m1", tuple(bars), ("a", "b")),
                                figures.TcavPanel("m2", tuple(bars), ("a", "b"))], ["c\nclass k"], tmp_path / "2.svg")
-    h1, h2 = (Image.open(figures.raster_path(p)).height for p in (one, two))
+    h1, h2 = (Image.open(raster_path(p)).height for p in (one, two))
     assert h2 > 1.7 * h1
     assert two.read_text(encoding="utf-8").startswith("<?xml")
     # The single-model chart (used by other sections) still draws the same bars.
     figures.tcav_scores(bars, ["c\nclass k"], ["a", "b"], tmp_path / "s.svg", title="m1")
-    assert figures.raster_path(tmp_path / "s.svg").is_file()
+    assert raster_path(tmp_path / "s.svg").is_file()
 
 
 def test_render_reports_its_phases(rendered) -> None:
@@ -329,12 +331,12 @@ def test_pdf_embeds_png_rasters_of_the_svg_figures(rendered) -> None:
 
 
 def test_parallel_figures_give_the_same_bytes(rendered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from auditor.report import render
+    from auditor.report import workers
 
     root, first = rendered
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
-    monkeypatch.setattr(render, "_workers", lambda: 2)
+    monkeypatch.setattr(workers, "PARALLEL_MIN_FIGURES", 1)
+    monkeypatch.setattr(workers, "worker_count", lambda: 2)
     second = render_report(root / "results.json", tmp_path / "parallel")
     assert [p.name for p in second.assets] == [p.name for p in first.assets]
     for a, b in zip(first.assets, second.assets):
@@ -345,16 +347,17 @@ def test_parallel_figures_give_the_same_bytes(rendered, tmp_path: Path, monkeypa
 def test_pdf_laid_out_while_figures_are_drawn_is_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers draw the figures while the PDF is laid out (a placeholder for the probe figure, a wait for the TCAV
     figure, made to announce no size): the same bytes as drawing everything first."""
-    from auditor.report import figures, render
+    from auditor.report import workers
+    from auditor.report.figures import tcav as tcav_figures
 
     base = make_result()
     result = dataclasses.replace(base, checks=[base.checks[0], make_probe_check()])
     results.write(result, tmp_path / "results.json")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-    monkeypatch.setattr(render, "_workers", lambda: 2)
+    monkeypatch.setattr(workers, "worker_count", lambda: 2)
     first = render_report(tmp_path / "results.json", tmp_path / "serial")  # 2 figures: below PARALLEL_MIN_FIGURES
-    monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
-    monkeypatch.setattr(figures, "tcav_models_size", lambda *args: None)
+    monkeypatch.setattr(workers, "PARALLEL_MIN_FIGURES", 1)
+    monkeypatch.setattr(tcav_figures, "tcav_models_size", lambda *args: None)
     second = render_report(tmp_path / "results.json", tmp_path / "pipelined")
     assert [p.name for p in second.assets] == [p.name for p in first.assets] and len(first.assets) == 4
     for a, b in zip(first.assets, second.assets):
@@ -364,15 +367,16 @@ def test_pdf_laid_out_while_figures_are_drawn_is_the_same(tmp_path: Path, monkey
 
 
 def test_figure_worker_error_names_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from auditor.report import figures, render
+    from auditor.report import types, workers
+    from auditor.report.figures import artifact_probe as figures
 
-    job = render.FigureJob("bad_check", figures.artifact_auc, (None,), {})  # TypeError
-    monkeypatch.setattr(render, "PARALLEL_MIN_FIGURES", 1)
-    monkeypatch.setattr(render, "_workers", lambda: 2)
+    job = types.FigureJob("bad_check", figures.artifact_auc, (None,), {})  # TypeError
+    monkeypatch.setattr(workers, "PARALLEL_MIN_FIGURES", 1)
+    monkeypatch.setattr(workers, "worker_count", lambda: 2)
     with pytest.raises(ResultsError, match="bad_check"):
-        render.draw_figures([job, job])  # one drawn here, one in a worker
+        workers.draw_figures([job, job])  # one drawn here, one in a worker
     with pytest.raises(ResultsError, match="bad_check"):
-        render.draw_figures([render.FigureJob("ok", len, ((),), {}), job])  # the failure in the worker
+        workers.draw_figures([types.FigureJob("ok", len, ((),), {}), job])  # the failure in the worker
 
 
 def test_placeholder_has_the_size_and_no_pixels() -> None:
@@ -380,7 +384,7 @@ def test_placeholder_has_the_size_and_no_pixels() -> None:
 
     from PIL import Image
 
-    from auditor.report.render import placeholder_png
+    from auditor.report.workers import placeholder_png
 
     image = Image.open(io.BytesIO(placeholder_png((321, 123))))
     assert image.size == (321, 123) and image.mode == "RGB"
@@ -389,11 +393,12 @@ def test_placeholder_has_the_size_and_no_pixels() -> None:
 
 
 def _sized_job(tmp_path: Path, size: tuple[int, int], check_id: str = "sized_check"):
-    from auditor.report import figures, render
+    from auditor.report import types
+    from auditor.report.figures import artifact_probe as figures
 
     bars = [figures.AucBar(model="candidate", cls="a", auc=0.9, reliant=True)]
     kw = dict(threshold=0.7, direction="both", title="Artifact w.png")
-    ctx = render.SectionContext(result=make_result(), assets_dir=tmp_path, stem="s", roles=("candidate",),
+    ctx = types.SectionContext(result=make_result(), assets_dir=tmp_path, stem="s", roles=("candidate",),
                                 jobs=[], check_id=check_id)
     ctx.draw_sized(size, figures.artifact_auc, bars, ["a"], ["candidate"], tmp_path / "auc.svg", **kw)
     return ctx.jobs[0], figures.artifact_auc_size(["a"], ["candidate"], **kw)
@@ -402,39 +407,40 @@ def _sized_job(tmp_path: Path, size: tuple[int, int], check_id: str = "sized_che
 def test_announced_figure_size_is_the_drawn_size(tmp_path: Path) -> None:
     from PIL import Image
 
-    from auditor.report import render
+    from auditor.report import workers
 
     job, size = _sized_job(tmp_path, (0, 0))
     assert job.svg and job.raster == tmp_path / "auc.png"
-    render._run_job(dataclasses.replace(job, size=size))
+    workers.run_job(dataclasses.replace(job, size=size))
     assert Image.open(tmp_path / "auc.png").size == size
     # A figure that comes out at another size than announced (the PDF was laid out for that one) is an error.
     with pytest.raises(RenderError, match=r"auc.png of check 'sized_check' is \d+x\d+ pixels, not the 10x10"):
-        render._run_job(dataclasses.replace(job, size=(10, 10)))
+        workers.run_job(dataclasses.replace(job, size=(10, 10)))
 
 
 def test_pdf_waits_for_figures_and_reports_worker_errors(tmp_path: Path) -> None:
-    from auditor.report import figures, render
+    from auditor.report import types, workers
+    from auditor.report.figures import artifact_probe as figures
 
     (tmp_path / "assets").mkdir()
     good, size = _sized_job(tmp_path / "assets", (0, 0))
     good = dataclasses.replace(good, size=size)
     unsized = dataclasses.replace(good, size=None, args=good.args[:3] + (tmp_path / "assets" / "late.svg",),
                                   raster=tmp_path / "assets" / "late.png")
-    drawing = render.FigureDrawing([good, unsized], tmp_path, workers=2)
+    drawing = workers.FigureDrawing([good, unsized], tmp_path, workers=2)
     # The sized figure has its placeholder at once; the other one is pending until a worker draws it.
-    assert (tmp_path / "assets" / "auc.png").read_bytes() == render.placeholder_png(size)
+    assert (tmp_path / "assets" / "auc.png").read_bytes() == workers.placeholder_png(size)
     assert drawing.pending == {Path("assets/late.png")}
     assert drawing.wait_for(Path("assets/late.png")) and (tmp_path / "assets" / "late.png").is_file()
     assert not drawing.wait_for(Path("assets/unknown.png"))
     drawing.join()
     assert (tmp_path / "assets" / "auc.png").read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "assets" / "auc.png").read_bytes() != render.placeholder_png(size)
+    assert (tmp_path / "assets" / "auc.png").read_bytes() != workers.placeholder_png(size)
     assert (tmp_path / "assets" / "auc.svg").is_file()  # the SVG too
 
-    bad = render.FigureJob("bad_check", figures.artifact_auc, (None,), {}, svg=True,
+    bad = types.FigureJob("bad_check", figures.artifact_auc, (None,), {}, svg=True,
                            raster=tmp_path / "assets" / "bad.png")  # TypeError in the worker
-    drawing = render.FigureDrawing([bad], tmp_path, workers=1)
+    drawing = workers.FigureDrawing([bad], tmp_path, workers=1)
     with pytest.raises(ResultsError, match="bad_check"):
         drawing.wait_for(Path("assets/bad.png"))
 
@@ -463,11 +469,11 @@ def test_malformed_tcav_finding_names_the_check(tmp_path: Path) -> None:
 def test_missing_asset_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "here.svg").write_text("<svg/>")
-    _check_assets('<img src="assets/here.svg">', [tmp_path])
+    check_assets('<img src="assets/here.svg">', [tmp_path])
     with pytest.raises(RenderError, match="gone.svg"):
-        _check_assets('<img src="assets/gone.svg">', [tmp_path])
+        check_assets('<img src="assets/gone.svg">', [tmp_path])
     with pytest.raises(RenderError, match="only files under assets"):
-        _check_assets('<img src="https://example.org/x.svg">', [tmp_path])
+        check_assets('<img src="https://example.org/x.svg">', [tmp_path])
 
 
 def test_not_json_is_a_clear_error(tmp_path: Path) -> None:
@@ -499,6 +505,8 @@ def test_wheel_ships_the_templates(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "auditor/templates/report.html.j2" in names
     assert "auditor/templates/report.css" in names
+    assert "auditor/templates/sections/tcav.html.j2" in names  # the section templates, one per method
+    assert "auditor/report/sections/tcav.py" in names and "auditor/report/figures/common.py" in names
     assert "auditor/cli.py" in names
 
 
@@ -667,7 +675,7 @@ def test_a_figure_being_drawn_is_waited_for_not_read_half_written(tmp_path: Path
 
     from PIL import Image
 
-    from auditor.report import render
+    from auditor.report import pdf
 
     def png(size: tuple[int, int]) -> bytes:
         buf = io.BytesIO()
@@ -690,7 +698,7 @@ def test_a_figure_being_drawn_is_waited_for_not_read_half_written(tmp_path: Path
         return True
 
     html = '<html><body><img src="assets/fig.png" style="width: 10cm"></body></html>'
-    render._write_pdf(html, tmp_path / "r.pdf", out_dir, stage, b"{}", make_result(), wait_for=wait_for)
+    pdf.write_pdf(html, tmp_path / "r.pdf", out_dir, stage, b"{}", make_result(), wait_for=wait_for)
     assert Path("assets/fig.png") in asked
     images = [image.image.size for page in PdfReader(tmp_path / "r.pdf").pages for image in page.images]
     assert images == [(300, 120)]
@@ -703,7 +711,7 @@ def test_an_image_weasyprint_cannot_read_stops_the_render(tmp_path: Path) -> Non
 
     from PIL import Image
 
-    from auditor.report import render
+    from auditor.report import pdf
 
     stage = tmp_path / "stage"
     (stage / "assets").mkdir(parents=True)
@@ -713,4 +721,4 @@ def test_an_image_weasyprint_cannot_read_stops_the_render(tmp_path: Path) -> Non
     (stage / "assets" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     html = '<html><body><img src="assets/ok.png"><img src="assets/bad.png"></body></html>'
     with pytest.raises(RenderError, match=r"lack what the report shows: Failed to load image at .*bad\.png"):
-        render._write_pdf(html, tmp_path / "r.pdf", tmp_path, stage, b"{}", make_result())
+        pdf.write_pdf(html, tmp_path / "r.pdf", tmp_path, stage, b"{}", make_result())

@@ -1,5 +1,5 @@
 """The figure TCAV and SACV sections share under the exchangeability test: the pseudo-concepts' null per
-(model, layer, class) with each concept's statistic marked (figures_null.py draws it). No import of render.py:
+(model, layer, class) with each concept's statistic marked (figures/null.py draws it). No import of render.py:
 the section context is passed in, so the section modules can use it without an import cycle."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from auditor.report import figures_null
-from auditor.report.figures import shorten
+from auditor.report.figures import null as figures_null
+from auditor.report.figures.common import shorten
 
 STATISTIC_LABELS = {"score": "TCAV score (pseudo-concepts)", "cosine": "cosine sensitivity (pseudo-concepts)"}
 CENTRES = {"score": 0.5, "cosine": 0.0}

@@ -1,8 +1,8 @@
 """RSVC figures: similarity-vs-importance scatter with named quadrants, concept galleries and collages (PNG image
 grids), real-vs-predicted scatters, and the layerwise mean-max similarity heat map.
 
-Module-level functions of plain values (they may run in another process, see render.draw_figures); each writes
-one file (SVG plots also get their PNG raster through figures._save) and returns its path.
+Module-level functions of plain values (they may run in another process, see auditor.report.workers); each writes
+one file (SVG plots also get their PNG raster through figures.common._save) and returns its path.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from auditor.report.figures import (
+from auditor.report.figures.common import (
     _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, RASTER_DPI, role_colours, short_labels, shorten,
     wrap_hard, written_whole,
 )

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from auditor.report import figures, figures_sacv
-from auditor.report.section_null import null_figure
-from auditor.report.render import (
-    DEFAULT_MIN_CAV_ACCURACY,
-    FigureRef,
-    Section,
-    SectionContext,
-    _need,
-    _ordered,
-    _requirements,
-    _slug,
-    fmt_num,
-    fmt_p,
-    fmt_pm,
-    fmt_share,
-    fmt_value,
-    generic_section,
-    significance_note,
-)
+from auditor.report.cav_text import DEFAULT_MIN_CAV_ACCURACY, significance_note
+from auditor.report.figures import sacv as figures_sacv
+from auditor.report.figures import tcav as tcav_figures
+from auditor.report.figures.common import shorten
+from auditor.report.format import fmt_num, fmt_p, fmt_pm, fmt_share, fmt_value, ordered, slug
+from auditor.report.loading import need, requirements
+from auditor.report.sections.generic import generic_section
+from auditor.report.sections.null import null_figure
+from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult
 
 SACV_LIMITS_NOTE = (
@@ -36,50 +27,31 @@ SACV_LIMITS_NOTE = (
 
 
 def _label(model: str, layer: str) -> str:
-    return f"{model}\n{figures.shorten(layer, 28)}"
+    return f"{model}\n{shorten(layer, 28)}"
 
 
-def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
-    """SACV: score bars per model and layer, contribution-map grids per (class, concept), table, requirements."""
-    where = f"check {check.id!r} (sacv)"
-    details = check.details
-    settings = _need(details, "settings", f"{where}: details")
-    for key in ("random_sets", "set_size", "alpha", "test", "map_images"):
-        _need(settings, key, f"{where}: details.settings")
-    threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
-    rows = check.findings
-    if not rows:
-        return generic_section(check, ctx)
-    for i, f in enumerate(rows):
-        for key in ("model", "layer", "class", "concept", "significant", "learned", "verdict"):
-            _need(f, key, f"{where}: findings[{i}]")
+def _group(cls: str, concept: str) -> str:
+    return f"{concept}\nclass {cls}"
 
-    roles = _ordered(ctx.roles, [str(f["model"]) for f in rows])
-    declared = details.get("layers") or {}
-    layers = {
-        role: _ordered([str(x) for x in declared.get(role, [])], [str(f["layer"]) for f in rows if f["model"] == role])
-        for role in roles
-    }
-    pairs = list(dict.fromkeys((str(f["class"]), str(f["concept"])) for f in rows))
 
-    def group(cls: str, concept: str) -> str:
-        return f"{concept}\nclass {cls}"
-
+def _score_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+                   settings: Mapping[str, Any], threshold: float, ctx: SectionContext) -> list[FigureRef]:
+    """One figure of spatial TCAV score bars per model."""
     figs: list[FigureRef] = []
     for ri, role in enumerate(roles):
         mine = [f for f in rows if f["model"] == role]
         bars = [
-            figures.TcavBar(
-                group=group(str(f["class"]), str(f["concept"])), layer=str(f["layer"]), score=f.get("score"),
+            tcav_figures.TcavBar(
+                group=_group(str(f["class"]), str(f["concept"])), layer=str(f["layer"]), score=f.get("score"),
                 std=f.get("score_std"), random_mean=f.get("random_score_mean"), random_std=f.get("random_score_std"),
                 significant=bool(f["significant"]), learned=bool(f["learned"]),
             )
             for f in mine
         ]
         present = list(dict.fromkeys((str(f["class"]), str(f["concept"])) for f in mine))
-        path, src = ctx.figure(f"sacv-{ri}-{_slug(role, 20)}.svg")
+        path, src = ctx.figure(f"sacv-{ri}-{slug(role, 20)}.svg")
         name = ctx.model_names.get(role, "")
-        ctx.draw(figures.tcav_scores, bars, [group(*p) for p in present], layers[role], path,
+        ctx.draw(tcav_figures.tcav_scores, bars, [_group(*p) for p in present], layers[role], path,
                  title=f"{role}: {name} (spatial TCAV score)" if name else f"{role} (spatial TCAV score)")
         figs.append(FigureRef(
             src=src, alt=f"Spatial TCAV scores of the {role} model by concept and layer",
@@ -91,11 +63,14 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
                 f"CAV accuracy < {threshold:g}). Error bars: std over {fmt_value(settings['random_sets'])} random sets."
             ),
         ))
+    return figs
 
-    null = null_figure(details, rows, ctx, list(dict.fromkeys(str(p[1]) for p in pairs)))
-    if null is not None:
-        figs.append(FigureRef(src=null[0], alt=null[1], caption=null[2]))
 
+def _map_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+                 pairs: Sequence[tuple[str, str]], details: Mapping[str, Any], settings: Mapping[str, Any],
+                 ctx: SectionContext) -> list[FigureRef]:
+    """A grid of contribution maps per (class, concept): a row per model and layer."""
+    figs: list[FigureRef] = []
     maps = details.get("maps") or []
     thumbs = {(t.get("model"), t.get("class")): list(t.get("images_png") or []) for t in details.get("thumbnails") or []}
     for pi, (cls, concept) in enumerate(pairs):
@@ -134,7 +109,12 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
                    if settings.get("masks") else "")
             ),
         ))
+    return figs
 
+
+def _table(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+           pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The findings table: by model, (class, concept) and layer."""
     role_i = {role: i for i, role in enumerate(roles)}
     pair_i = {p: i for i, p in enumerate(pairs)}
     layer_i = {(role, lay): i for role in roles for i, lay in enumerate(layers[role])}
@@ -146,13 +126,48 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
             "p_adj": fmt_p(f.get("p_adjusted")), "cav_acc": fmt_num(f.get("cav_accuracy")),
             "cosine": fmt_num(f.get("cosine"), 3), "p_raw": fmt_p(f.get("p_value")),
             "inside": fmt_share(f.get("inside_mask_share")), "verdict": str(f["verdict"]),
-            "verdict_class": _slug(str(f["verdict"])), "new_model": False,
+            "verdict_class": slug(str(f["verdict"])), "new_model": False,
         }
         for f in sorted(rows, key=lambda f: (role_i[f["model"]], pair_i[(f["class"], f["concept"])],
                                              layer_i[(f["model"], f["layer"])]))
     ]
     for i, row in enumerate(table):
         row["new_model"] = i > 0 and table[i - 1]["model"] != row["model"]
+    return table
+
+
+def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
+    """SACV: score bars per model and layer, contribution-map grids per (class, concept), table, requirements."""
+    where = f"check {check.id!r} (sacv)"
+    details = check.details
+    settings = need(details, "settings", f"{where}: details")
+    for key in ("random_sets", "set_size", "alpha", "test", "map_images"):
+        need(settings, key, f"{where}: details.settings")
+    threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
+    rows = check.findings
+    if not rows:
+        return generic_section(check, ctx)
+    for i, f in enumerate(rows):
+        for key in ("model", "layer", "class", "concept", "significant", "learned", "verdict"):
+            need(f, key, f"{where}: findings[{i}]")
+
+    roles = ordered(ctx.roles, [str(f["model"]) for f in rows])
+    declared = details.get("layers") or {}
+    layers = {
+        role: ordered([str(x) for x in declared.get(role, [])], [str(f["layer"]) for f in rows if f["model"] == role])
+        for role in roles
+    }
+    pairs = list(dict.fromkeys((str(f["class"]), str(f["concept"])) for f in rows))
+
+    figs = _score_figures(rows, roles, layers, settings, threshold, ctx)
+
+    null = null_figure(details, rows, ctx, list(dict.fromkeys(str(p[1]) for p in pairs)))
+    if null is not None:
+        figs.append(FigureRef(src=null[0], alt=null[1], caption=null[2]))
+
+    figs += _map_figures(rows, roles, layers, pairs, details, settings, ctx)
+
+    table = _table(rows, roles, layers, pairs)
 
     return Section(
         block="sacv",
@@ -180,7 +195,7 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
             "threshold": f"{threshold:g}",
             "masks": bool(settings.get("masks")),
             "table": table,
-            "requirements": _requirements(details, where),
+            "requirements": requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
             "limits": SACV_LIMITS_NOTE + significance_note(settings),
         },

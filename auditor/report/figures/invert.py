@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from auditor.report.figures import (
+from auditor.report.figures.common import (
     _RC,
     GREY,
     LIGHT_GREY,

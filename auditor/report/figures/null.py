@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from auditor.report.figures import _RC, GREY, LIGHT_GREY, OKABE_ITO, PAGE_WIDTH_IN, _save, pixel_size
+from auditor.report.figures.common import _RC, GREY, LIGHT_GREY, OKABE_ITO, PAGE_WIDTH_IN, _save, pixel_size
 
 COLUMNS = 3
 PANEL_H_IN = 1.55

@@ -15,7 +15,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from PIL import Image
 
-from auditor.report.figures import PAGE_WIDTH_IN, wrap_hard, written_whole
+from auditor.report.figures.common import PAGE_WIDTH_IN, wrap_hard, written_whole
 
 # Diverging and colour-blind safe: orange = the concept raises the class logit there, purple = lowers it.
 CMAP = "PuOr_r"
