@@ -14,7 +14,7 @@ fast run alone (numpy allocations) is printed beside it.
 The last line is machine-read: ``invert_speed: speedup=<x> peak_mib=<MiB> same_formulas=<true|false>``.
 
 `python benchmarks/invert_speed.py [UNITS CONCEPTS IMAGES SUBSET]` runs it at another size (the test suite runs a
-tiny one end to end); the defaults are the size above, the one the README's numbers are from.
+tiny one end to end); the defaults are the size above, the one docs/measurements.md's numbers come from.
 """
 
 from __future__ import annotations

@@ -54,9 +54,10 @@ def test_tcav_reports_every_watermark_cell_of_both_models(demo_out):
 
 def test_tcav_cells_give_the_demos_verdicts(demo_out):
     """Every TCAV cell's verdict, exactly. The watermark is linearly decodable in both models at both layers
-    (CAV accuracy 0.72-0.91) and no cell is significant after Holm under the exchangeability test (README: the
-    causal probe carries the verdict; TCAV shows sensitivity, which a clean model can have too). The textures
-    (striped, dotted) are not decodable in the pooled space at any audited layer (CAV accuracy 0.48-0.54, under 0.6)."""
+    (CAV accuracy 0.72-0.91) and no cell is significant after Holm under the exchangeability test
+    (docs/methods-and-limits.md: the causal probe carries the verdict; TCAV shows sensitivity, which a clean model
+    can have too). The textures (striped, dotted) are not decodable in the pooled space at any audited layer (CAV
+    accuracy 0.48-0.54, under 0.6)."""
     check = _tcav(demo_out)
     verdicts = {(f["model"], f["layer"], f["concept"]): f["verdict"] for f in check["findings"]}
     layers = check["details"]["layers"]
@@ -83,8 +84,8 @@ EXPECTED_STATUS = {
     # (AUC up to 1.00), and the requirement allows none.
     "watermark-units": "FAIL",
     # RSVC compares what the models represent, not what they rely on: it does not find the 9-pixel watermark as a
-    # concept unique to the candidate (README: its patches enlarge the glyph 3.6 times) and the shape concepts are
-    # shared, so neither model has a unique important concept and both requirements are met.
+    # concept unique to the candidate (docs/methods-and-limits.md: its patches enlarge the glyph 3.6 times) and the
+    # shape concepts are shared, so neither model has a unique important concept and both requirements are met.
     "concepts-shared": "PASS",
 }
 
