@@ -63,7 +63,9 @@ def test_tcav_cells_give_the_demos_verdicts(demo_out):
     layers = check["details"]["layers"]
     expected = {
         (role, layer, concept): "not significant" if concept == "watermark" else "not learned"
-        for role in ("candidate", "reference") for layer in layers[role] for concept in ("watermark", "striped", "dotted")
+        for role in ("candidate", "reference")
+        for layer in layers[role]
+        for concept in ("watermark", "striped", "dotted")
     }
     assert verdicts == expected
 
@@ -99,7 +101,8 @@ def test_every_check_gives_the_demos_expected_status(demo_out):
     assert [pipeline.exit_code(result, level) for level in ("critical", "major", "minor")] == [1, 1, 1]
     # junit.xml: the FAILs as failures, the WARNs as passing testcases that say WARN, nothing skipped or in error.
     suite = ET.parse(demo_out / "report" / "junit.xml").getroot()
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("5", "2", "0", "0")
+    counts = [suite.get(k) for k in ("tests", "failures", "errors", "skipped")]
+    assert counts == ["5", "2", "0", "0"]
     for case in suite.iter("testcase"):
         status = EXPECTED_STATUS[case.get("name")]
         assert (case.find("failure") is not None) == (status == "FAIL"), case.get("name")
