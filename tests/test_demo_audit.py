@@ -4,6 +4,7 @@ shows where it must. Also: the same trained network as TorchScript and as ONNX g
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import yaml
 from PIL import Image
 from pypdf import PdfReader
 
-from auditor import pipeline
+from auditor import pipeline, results
 from auditor.demo.build import policy_text
 from auditor.policy import load_policy
 
@@ -51,13 +52,62 @@ def test_tcav_reports_every_watermark_cell_of_both_models(demo_out):
             assert f["learned"] and f["p_adjusted"] is not None  # the watermark is linearly decodable
 
 
-def test_reference_cells_reported_as_they_are(demo_out):
+def test_tcav_cells_give_the_demos_verdicts(demo_out):
+    """Every TCAV cell's verdict, exactly. The watermark is linearly decodable in both models at both layers
+    (CAV accuracy 0.72-0.91) and no cell is significant after Holm under the exchangeability test
+    (docs/methods-and-limits.md: the causal probe carries the verdict; TCAV shows sensitivity, which a clean model
+    can have too). The textures (striped, dotted) are not decodable in the pooled space at any audited layer (CAV
+    accuracy 0.48-0.54, under 0.6)."""
     check = _tcav(demo_out)
-    ref = [f for f in check["findings"] if f["model"] == "reference" and f["concept"] == "watermark"]
-    layers = check["details"]["layers"]["reference"]
-    assert {f["layer"] for f in ref} == set(layers)  # every cell is in the report, whatever it shows
-    for f in ref:
-        assert f["verdict"] in ("sensitive", "significant-low", "not significant", "not learned")
+    verdicts = {(f["model"], f["layer"], f["concept"]): f["verdict"] for f in check["findings"]}
+    layers = check["details"]["layers"]
+    expected = {
+        (role, layer, concept): "not significant" if concept == "watermark" else "not learned"
+        for role in ("candidate", "reference")
+        for layer in layers[role]
+        for concept in ("watermark", "striped", "dotted")
+    }
+    assert verdicts == expected
+
+
+# The demo's truth, check by check (policies/demo.yaml, written by auditor/demo/build.py; the candidate was trained
+# with a watermark on most triangle images, the reference on clean images).
+EXPECTED_STATUS = {
+    # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.88
+    # against a neutral patch) and lowers its circle logit (0.18); the requirement allows no reliant class.
+    "watermark-reliance": "FAIL",
+    # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 8
+    # of its 12 cells are not learned (the textures, see test_tcav_cells_give_the_demos_verdicts).
+    "watermark-tcav": "WARN",
+    # Informational too; WARN because the candidate's 32 x 32 ONNX layer is over the finite-difference budget: its
+    # 3 cells keep their scores and maps and are "not tested".
+    "watermark-sacv": "WARN",
+    # The candidate represents the watermark: units of both its layers are explained by it on the held-out half
+    # (AUC up to 1.00), and the requirement allows none.
+    "watermark-units": "FAIL",
+    # RSVC compares what the models represent, not what they rely on: it does not find the 9-pixel watermark as a
+    # concept unique to the candidate (docs/methods-and-limits.md: its patches enlarge the glyph 3.6 times) and the
+    # shape concepts are shared, so neither model has a unique important concept and both requirements are met.
+    "concepts-shared": "PASS",
+}
+
+
+def test_every_check_gives_the_demos_expected_status(demo_out):
+    data = json.loads((demo_out / "report" / "results.json").read_text())
+    assert {c["id"]: c["status"] for c in data["checks"]} == EXPECTED_STATUS
+    assert data["verdict"] == "FAIL"
+    # A critical and a major check FAIL: exit 1 at every --fail-on level a CI job can choose.
+    result = results.read(demo_out / "report" / "results.json")
+    assert [pipeline.exit_code(result, level) for level in ("critical", "major", "minor")] == [1, 1, 1]
+    # junit.xml: the FAILs as failures, the WARNs as passing testcases that say WARN, nothing skipped or in error.
+    suite = ET.parse(demo_out / "report" / "junit.xml").getroot()
+    counts = [suite.get(k) for k in ("tests", "failures", "errors", "skipped")]
+    assert counts == ["5", "2", "0", "0"]
+    for case in suite.iter("testcase"):
+        status = EXPECTED_STATUS[case.get("name")]
+        assert (case.find("failure") is not None) == (status == "FAIL"), case.get("name")
+        out = case.findtext("system-out") or ""
+        assert out.startswith("WARN:") == (status == "WARN"), case.get("name")
 
 
 def test_report_pdf_carries_the_verdict(demo_out):

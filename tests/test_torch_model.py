@@ -1,6 +1,8 @@
 """The torch adapters: TorchScript graph surgery agrees with eager hooks and autograd."""
 
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -240,3 +242,101 @@ def test_a_module_called_twice_gives_its_last_output_in_every_path(tmp_path):
         assert np.allclose(acts, last, atol=1e-5)
         assert np.allclose(model.layer_acts_and_grads(x, ["relu"], 0)[0]["relu"], last, atol=1e-5)
         assert {li.name: li.shape for li in model.layers()}["relu"] == (4, 16, 16)
+
+
+# ------------------------------------------------------------------------------- factory models: code in the hash
+
+_NETDEF = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.{act}(self.conv(x)).mean(dim=(2, 3)))
+
+
+def build() -> Net:
+    return Net()
+'''
+
+
+class _NetdefParams(torch.nn.Module):
+    """The parameters of `netdef.Net` (same names and shapes), to write its weights files."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 2)
+
+
+@pytest.fixture
+def netdef_imports(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests here import a module `netdef` from several folders: sys.path is restored and `netdef` forgotten
+    after each test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield
+    sys.modules.pop("netdef", None)
+
+
+def _load_netdef(folder: Path, weights: Path | None, factory: str = "netdef:build") -> ModuleModel:
+    """`netdef:build` + weights from `folder`, imported afresh as a new audit process would import it."""
+    sys.modules.pop("netdef", None)
+    sys.path[:] = [p for p in sys.path if not p.startswith(str(folder.parent))]
+    model = load_model(weights, "torch", SHAPE, factory=factory, search_dir=folder)
+    assert isinstance(model, ModuleModel)
+    return model
+
+
+@pytest.mark.usefixtures("netdef_imports")
+def test_a_changed_model_class_is_a_new_sha256_and_never_served_stale_activations(tmp_path, tiny_world):
+    from auditor import data
+    from auditor.activations import Store
+
+    for name, act in (("relu", "relu"), ("tanh", "tanh"), ("relu-copy", "relu")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "netdef.py").write_text(_NETDEF.format(act=act))
+    # One weights file for both: the classes differ only in forward's activation, the parameters are the same.
+    torch.save(_NetdefParams(0).state_dict(), tmp_path / "w.pt")
+    pre = data.Preprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = data.folder_set("s", tiny_world.root / "world" / "concepts" / "red", pre)
+    cache = tmp_path / "cache"
+
+    relu = _load_netdef(tmp_path / "relu", tmp_path / "w.pt")
+    first = Store(cache, pre)
+    relu_acts = np.array(first.acts(relu, ["fc"], images)["fc"])
+    assert first.stats.extracted == 1
+
+    tanh = _load_netdef(tmp_path / "tanh", tmp_path / "w.pt")
+    assert tanh.sha256 != relu.sha256
+    second = Store(cache, pre)  # a new run on the same cache directory
+    tanh_acts = np.array(second.acts(tanh, ["fc"], images)["fc"])
+    assert second.stats.extracted == 1 and second.stats.from_disk == 0
+    np.testing.assert_allclose(tanh_acts, tanh.activations(second.images(images), ["fc"])["fc"], atol=1e-6)
+    assert not np.allclose(tanh_acts, relu_acts, atol=1e-3)
+
+    # The same code from another folder is the same model: the hash is of the bytes, and the cache serves it.
+    again = _load_netdef(tmp_path / "relu-copy", tmp_path / "w.pt")
+    assert again.sha256 == relu.sha256
+    third = Store(cache, pre)
+    np.testing.assert_array_equal(np.array(third.acts(again, ["fc"], images)["fc"]), relu_acts)
+    assert third.stats.extracted == 0 and third.stats.from_disk == 1
+
+
+@pytest.mark.usefixtures("netdef_imports")
+def test_factory_sha256_covers_the_weights_and_the_factory_string(tmp_path):
+    (tmp_path / "relu").mkdir()
+    (tmp_path / "relu" / "netdef.py").write_text(_NETDEF.format(act="relu") + "\n\nother = build\n")
+    torch.save(_NetdefParams(0).state_dict(), tmp_path / "w0.pt")
+    torch.save(_NetdefParams(1).state_dict(), tmp_path / "w1.pt")
+    shas = {
+        _load_netdef(tmp_path / "relu", tmp_path / w, f).sha256
+        for w, f in (("w0.pt", "netdef:build"), ("w1.pt", "netdef:build"), ("w0.pt", "netdef:other"))
+    }
+    assert len(shas) == 3
+    assert _load_netdef(tmp_path / "relu", None).sha256 not in shas  # no weights: code and string only

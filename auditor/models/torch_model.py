@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 import re
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import nn
 
 from auditor.errors import UserError, require_finite
 from auditor.models.base import LayerInfo
+from auditor.models.factory import factory_sha256, import_factory
 
 BATCH = 64
 
@@ -448,23 +447,6 @@ class TorchSpec:
     name: str
 
 
-def _import_factory(spec: str, search_dir: Path | None) -> Callable[[], nn.Module]:
-    if ":" not in spec:
-        raise UserError(f"factory {spec!r} must read 'module:function' (e.g. mypkg.nets:resnet18)")
-    mod_name, fn_name = spec.split(":", 1)
-    # A factory module next to the policy/weights is found without installing it.
-    if search_dir is not None and str(search_dir) not in sys.path:
-        sys.path.insert(0, str(search_dir))
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # any import failure is the user's module, not ours
-        raise UserError(f"factory {spec!r}: cannot import {mod_name}: {e}") from e
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise UserError(f"factory {spec!r}: {mod_name} has no callable {fn_name!r}")
-    return fn
-
-
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -486,12 +468,14 @@ def load_torch(spec: TorchSpec, search_dir: Path | None = None):
     path = spec.path
     if path is not None and not path.is_file():
         raise UserError(f"model file not found: {path}")
-    sha = file_sha256([path]) if path is not None else hashlib.sha256(spec.factory.encode()).hexdigest()
     try:
         if spec.factory:
-            module = _import_factory(spec.factory, search_dir)()
+            factory_module, factory = import_factory(spec.factory, search_dir)
+            module = factory()
             if not isinstance(module, nn.Module):
                 raise UserError(f"factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module")
+            # The code that builds the network is hashed with the weights (factory.py says why).
+            sha = factory_sha256(spec.factory, factory_module, module, path)
             if path is not None:
                 missing, unexpected = module.load_state_dict(_load_state(path), strict=False)
                 if missing or unexpected:
@@ -501,6 +485,7 @@ def load_torch(spec: TorchSpec, search_dir: Path | None = None):
                     )
             return ModuleModel(module, spec.name, sha, "torch", spec.input_shape)
         assert path is not None
+        sha = file_sha256([path])
         if path.suffix == ".pt2":
             program = torch.export.load(str(path))
             return ModuleModel(program.module(), spec.name, sha, "torch-export", spec.input_shape)
