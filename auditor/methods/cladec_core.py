@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -328,7 +329,7 @@ def load_fitted(path: Path, encoder: nn.Module | None, log: Log) -> Fitted | Non
             if encoder is None:
                 raise ValueError("no encoder to load into")
             load_tensors(encoder, state["encoder"])
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
         log(f"cladec: cached decoder {path.name} unreadable ({type(e).__name__}); training again")
         return None
     s = state["stats"]
