@@ -27,6 +27,16 @@ PRE = data.Preprocessing((16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 FAST = cc.Settings(epochs=2, batch_size=16, seed=5)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These trainings are tiny: on this shared 2-core machine (load average ~10) two intra-op threads made a
+    2-epoch training 28x slower than one (3.5 s vs 0.13 s), waiting on each other's barriers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _images(n: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 3, 16, 16)).astype(np.float32)
 
