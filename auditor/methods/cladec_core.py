@@ -128,6 +128,8 @@ class Settings:
     """Training settings (METHODS.md: Adam lr 3e-4, wd 1e-5; alpha 0.001)."""
 
     alpha: float = 0.001
+    # 8 epochs is a placeholder for the method layer: on the demo (240 images, 2 models x 2 layers, decoder and
+    # reference AE) 2 epochs took 119 CPU-s (benchmarks/cladec_cost.py), so 8 need about 4 minutes on 2 cores.
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-4
@@ -145,8 +147,8 @@ class TrainStats:
 
 
 def setup_torch(seed: int) -> None:
-    """Seed torch's global generator (decoder initialisation draws from it) and flush denormals: ReLU decoders
-    early in training produce denormal floats whose arithmetic is many times slower on x86 CPUs."""
+    """Seed torch's global generator (decoder initialisation draws from it) and flush denormals, as the demo's
+    training does (denormal floats are slow on x86 CPUs; not measured for the decoders here)."""
     torch.manual_seed(seed)
     torch.set_flush_denormal(True)
 
