@@ -107,3 +107,50 @@ def test_the_committed_sample_findings_round_trip_through_their_dataclasses():
         assert [finding_to_json(f) for f in typed] == check.findings, check.id
         assert json.loads(results.dumps(dataclasses.replace(sample, checks=[dataclasses.replace(check, findings=typed)])))[
             "checks"][0]["findings"] == check.findings
+
+
+def toy_section(check, ctx):
+    """The toy's report section: its own table of typed findings, drawn with the generic block's template."""
+    from auditor.report.types import Section
+
+    typed = results.typed_findings(check)
+    rows = [[f.model, f.cls, f"toy mean logit {f.mean_logit:.3f}", "HIGH" if f.high else "low"] for f in typed]
+    return Section(block="generic", check=check, anchor=ctx.stem,
+                   data={"columns": ["model", "class", "toy statistic", "toy verdict"], "rows": rows, "details": []})
+
+
+def test_a_toy_method_and_its_section_reach_validate_run_pdf_junit_and_diff(tiny_world, tmp_path, monkeypatch):
+    """The must-show of 'one method, one place': one METHODS entry and one SECTIONS entry, no other file, and the
+    method is in `auditor validate`, `auditor run`, results.json, the PDF (its section and its method note),
+    junit.xml and `auditor diff`, all through the CLI a user runs."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    from click.testing import CliRunner
+
+    from auditor import cli
+    from auditor.report.sections import SECTIONS, SectionSpec
+
+    monkeypatch.setitem(METHODS, "toy", TOY)
+    monkeypatch.setitem(SECTIONS, "toy", SectionSpec(toy_section, "Toy: mean class logit", "A toy note text."))
+    runner = CliRunner()
+    outs = {}
+    for high in (-1e9, 1e9):
+        policy = tiny_world.root / f"toy-policy-{high > 0}.yaml"  # beside the tiny world its folders name
+        policy.write_text(_text(tiny_world, high).split("checks:\n")[0]
+                          + f"checks:\n  - {{id: toy-1, method: toy, classes: [a, b], high: {high}}}\n")
+        assert runner.invoke(cli.main, ["validate", str(policy)]).exit_code == 0
+        out = tmp_path / f"out-{high > 0}"
+        res = runner.invoke(cli.main, ["run", str(policy), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                                       "--quiet"])
+        assert res.exit_code == 0, res.output
+        outs[high > 0] = out
+    out = outs[False]
+    check = json.loads((out / "results.json").read_text())["checks"][0]
+    assert check["method"] == "toy" and len(check["findings"]) == 4
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True).stdout
+    assert "toy mean logit" in text and "HIGH" in text and "Toy: mean class logit" in text and "A toy note text." in text
+    cases = ET.parse(out / "junit.xml").getroot().iter("testcase")
+    assert [c.get("name") for c in cases if "toy-1" in (c.get("name") or "")]
+    res = runner.invoke(cli.main, ["diff", str(out / "results.json"), str(outs[True] / "results.json")])
+    assert res.exit_code == 0 and res.output.count("no longer high") == 4, res.output

@@ -170,12 +170,13 @@ def method_notes(sections: Sequence[Section]) -> list[dict[str, Any]]:
     """
     notes: dict[str, dict[str, Any]] = {}
     for number, s in enumerate(sections, start=1):
-        if s.check.status in (Status.ERROR, Status.SKIPPED) or s.block == "generic":
+        spec = SECTIONS.get(s.check.method)
+        # A method without a section of its own has no notes to give (its section is the generic table).
+        if s.check.status in (Status.ERROR, Status.SKIPPED) or spec is None:
             continue
         method = s.check.method
         if method not in notes:
-            spec = SECTIONS.get(method)
-            title, text = (spec.title, spec.text) if spec is not None else (method, "")
+            title, text = spec.title, spec.text
             notes[method] = {"method": method, "title": title, "text": text,
                              "limits": str(s.data.get("limits") or ""), "sections": []}
         notes[method]["sections"].append(number)
