@@ -23,7 +23,7 @@ Every measured part runs in its own fresh Python process (cold torch state, noth
 `make bench` runs it; TCAV_BENCH_REPEAT=k alternates the sides k times and keeps each side's fastest run
 (on a shared machine the wall time of a single run depends on what else is running; CPU times are shown too).
 `taskset -c 1 .venv/bin/python benchmarks/tcav_vs_captum.py` runs every side on one core (one torch thread), as
-the README's numbers were taken; the header line says how many cores the run was allowed. The last line reads
+the numbers in docs/measurements.md were taken; the header line says how many cores the run was allowed. The last line reads
 `tcav_vs_captum: speedup=<x> floor_ratio=<x> score_max_abs_diff=<x> verdicts_equal=<true|false>`.
 """
 

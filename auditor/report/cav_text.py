@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Measured on the demo (benchmarks/stability.py, README): another seed and 200-image sets changed 8 of 16 verdicts.
+# Measured on the demo (benchmarks/stability.py, docs/measurements.md): another seed and 200-image sets changed 8 of 16 verdicts.
 STABILITY_NOTE = (
     "Verdicts depend on the random sets: where the random-vs-random scores sit near 0 and 1 (a tall grey box: "
     "the class gradients point one way, so every direction scores about 0 or 1), the random mean the concept "

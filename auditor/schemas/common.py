@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The deciding statistic of TCAV's and SACV's exchangeability test ("score": s1, "cosine": s2), chosen by
-# METHODS.md's rule on the demo (benchmarks/stability.py; README).
+# METHODS.md's rule on the demo (benchmarks/stability.py; docs/significance.md).
 DEFAULT_STATISTIC = "score"
 
 Severity = Literal["critical", "major", "minor"]

@@ -8,6 +8,8 @@ results.json and nothing imports pyplot, so no GUI backend or global figure stat
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -170,6 +172,29 @@ def _save(fig: Figure, out: Path, *, crop: bool = True) -> Path:
             partial, format="png", dpi=(RASTER_DPI, RASTER_DPI), compress_level=1)
     # Metadata Date=None: no timestamp in the file, so re-rendering gives identical bytes.
     fig.savefig(out, format="svg", metadata={"Date": None}, bbox_inches=bbox)
+    return out
+
+
+def decode_png(png_b64: str) -> np.ndarray:
+    """A base64 PNG (as results.json holds images) as an RGB uint8 array."""
+    with PIL.Image.open(io.BytesIO(base64.b64decode(png_b64))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def save_png_only(fig: Figure, out: Path) -> Path:
+    """An image-grid figure as a PNG only (no SVG: photos gain nothing from vectors), reproducible bytes."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.set_dpi(RASTER_DPI)
+    fig.canvas.draw()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.04)
+    pixels = np.asarray(fig.canvas.buffer_rgba())
+    height = pixels.shape[0]
+    x0, y0, x1, y1 = (int(round(v * RASTER_DPI)) for v in bbox.extents)
+    crop = pixels[max(height - y1, 0): height - max(y0, 0), max(x0, 0): x1, :3]
+    with written_whole(out) as partial:
+        PIL.Image.fromarray(np.ascontiguousarray(crop), "RGB").save(partial, format="png",
+                                                                    dpi=(RASTER_DPI, RASTER_DPI))
     return out
 
 

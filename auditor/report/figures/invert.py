@@ -4,8 +4,6 @@ and its top-activating probe images. Plain values in, one reproducible file out 
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.lines import Line2D
-from PIL import Image
 
 from auditor.report.figures.common import (
     _RC,
@@ -23,6 +20,7 @@ from auditor.report.figures.common import (
     RASTER_DPI,
     _new_figure,
     _save,
+    decode_png,
     short_labels,
     wrap_hard,
     written_whole,
@@ -155,10 +153,6 @@ class TopRow:
     holds: tuple[bool, ...]
 
 
-def _decode(png_b64: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(png_b64))) as im:
-        return np.asarray(im.convert("RGB"))
-
 
 def top_images(rows: Sequence[TopRow], out: Path) -> Path:
     """PNG grid: one row per unit (label on the left), its top-activating probe images left to right; a blue
@@ -177,7 +171,7 @@ def top_images(rows: Sequence[TopRow], out: Path) -> Path:
             for c, (png, act, holds) in enumerate(zip(row.images, row.activations, row.holds)):
                 left = (label_w + c * cell) / width
                 ax = fig.add_axes((left, top - cell / height, cell * 0.92 / width, cell * 0.92 / height))
-                ax.imshow(_decode(png), interpolation="nearest")
+                ax.imshow(decode_png(png), interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
                 colour = WITH_COLOUR if holds else WITHOUT_COLOUR

@@ -7,23 +7,20 @@ one file (SVG plots also get their PNG raster through figures.common._save) and 
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from auditor.report.figures.common import (
-    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, RASTER_DPI, role_colours, short_labels, shorten,
-    wrap_hard, written_whole,
+    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, decode_png, role_colours, save_png_only,
+    short_labels, shorten, wrap_hard,
 )
 
 # The quadrant a reviewer looks for first: a concept one model relies on and the other does not represent.
@@ -115,15 +112,11 @@ def similarity_importance(panels: Sequence[ScatterPanel], out: Path, *, tau_sim:
 # ------------------------------------------------------------------------------------------------ image grids
 
 
-def _decode(png: str) -> np.ndarray:
-    with PIL.Image.open(io.BytesIO(base64.b64decode(png))) as im:
-        return np.asarray(im.convert("RGB"))
-
 
 def tile(pngs: Sequence[str], columns: int, rows: int, scale: int = 4, gap: int = 2) -> np.ndarray:
     """Patches (base64 PNGs, any sizes) as one RGB grid image: each patch enlarged `scale` times (nearest, so a
     pixel stays a pixel), white gaps; empty cells stay light grey."""
-    cells = [_decode(p) for p in pngs[: columns * rows]]
+    cells = [decode_png(p) for p in pngs[: columns * rows]]
     h = max([c.shape[0] for c in cells], default=8) * scale
     w = max([c.shape[1] for c in cells], default=8) * scale
     grid = np.full((rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), 255, np.uint8)
@@ -136,23 +129,6 @@ def tile(pngs: Sequence[str], columns: int, rows: int, scale: int = 4, gap: int 
         else:
             grid[y : y + h, x : x + w] = 235
     return grid
-
-
-def _save_png(fig: Figure, out: Path) -> Path:
-    """An image-grid figure as a PNG only (no SVG: photos gain nothing from vectors), reproducible bytes."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.set_dpi(RASTER_DPI)
-    fig.canvas.draw()
-    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.04)
-    pixels = np.asarray(fig.canvas.buffer_rgba())
-    height = pixels.shape[0]
-    x0, y0, x1, y1 = (int(round(v * RASTER_DPI)) for v in bbox.extents)
-    crop = pixels[max(height - y1, 0): height - max(y0, 0), max(x0, 0): x1, :3]
-    with written_whole(out) as partial:
-        PIL.Image.fromarray(np.ascontiguousarray(crop), "RGB").save(partial, format="png",
-                                                                    dpi=(RASTER_DPI, RASTER_DPI))
-    return out
 
 
 @dataclass(frozen=True)
@@ -188,7 +164,7 @@ def concept_gallery(columns: Sequence[tuple[str, Sequence[GalleryRow]]], out: Pa
                               color="#9B1C13" if row.flagged else "black")
                 if r == 0:
                     ax.set_title(wrap_hard(title, 42, 2), loc="left", fontsize=8)
-        return _save_png(fig, out)
+        return save_png_only(fig, out)
 
 
 def concept_detail(
@@ -231,7 +207,7 @@ def concept_detail(
         ax.tick_params(labelsize=6.5)
         ax.set_title(f"r = {similarity:.2f} (held out)", fontsize=7)
         fig.suptitle(wrap_hard(title, 100, 2), x=0.0, ha="left", fontsize=8.5)
-        return _save_png(fig, out)
+        return save_png_only(fig, out)
 
 
 # ------------------------------------------------------------------------------------------------ layerwise

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from PIL import Image
 
-from auditor.report.figures.common import PAGE_WIDTH_IN, wrap_hard, written_whole
+from auditor.report.figures.common import PAGE_WIDTH_IN, decode_png, wrap_hard, written_whole
 
 # Diverging and colour-blind safe: orange = the concept raises the class logit there, purple = lowers it.
 CMAP = "PuOr_r"
@@ -32,10 +29,6 @@ class MapRow:
     maps: tuple[tuple[tuple[float, ...], ...], ...]  # per image (H, W)
     share: str  # e.g. "on object 46%" (or "")
 
-
-def _decode(png: str) -> np.ndarray:
-    with Image.open(io.BytesIO(base64.b64decode(png))) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def contribution_grid(rows: Sequence[MapRow], out: Path, *, title: str) -> Path:
@@ -69,7 +62,7 @@ def contribution_grid(rows: Sequence[MapRow], out: Path, *, title: str) -> Path:
                 if j - 1 >= len(row.images):
                     ax.axis("off")
                     continue
-                img = _decode(row.images[j - 1])
+                img = decode_png(row.images[j - 1])
                 h, w = img.shape[:2]
                 m = maps[j - 1]
                 ax.imshow(img, extent=(0, w, h, 0), interpolation="bilinear")
