@@ -42,7 +42,7 @@ def load_artifact(path: Path) -> np.ndarray:
         raise UserError(f"{path}: the artifact is not a readable image ({type(e).__name__})") from e
 
 
-def _fit(artifact: np.ndarray, width: int, spec: ArtifactSpec) -> np.ndarray:
+def fit_artifact(artifact: np.ndarray, width: int, spec: ArtifactSpec) -> np.ndarray:
     """Resize the artifact to `spec.scale` of the image width (native pixels when scale is None)."""
     if spec.scale is None:
         return artifact
@@ -85,7 +85,7 @@ def paste_pair(rgb: np.ndarray, patch: np.ndarray, at: tuple[int, int], opacity:
 
 
 def make_pairs(images: list[Path], spec: ArtifactSpec, artifact_path: Path, pre: data.Preprocessing, seed: int) -> Pairs:
-    patch = _fit(load_artifact(artifact_path), pre.size[1], spec)
+    patch = fit_artifact(load_artifact(artifact_path), pre.size[1], spec)
     rng = np.random.default_rng(seed)
     art, neu = [], []
     for path in images:
@@ -101,7 +101,7 @@ def fit_problem(spec: ArtifactSpec, path: Path, pre: data.Preprocessing) -> str 
     """Why the artifact cannot be pasted onto the model's images (it is larger than they are), or None. An
     unreadable artifact is None here: the pipeline names it."""
     try:
-        patch = _fit(load_artifact(path), pre.size[1], spec)
+        patch = fit_artifact(load_artifact(path), pre.size[1], spec)
     except UserError:
         return None
     (h, w), (H, W) = patch.shape[:2], pre.size

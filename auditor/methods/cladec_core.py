@@ -36,11 +36,8 @@ Log = Callable[[str], None]
 
 
 def torch_module(model: object) -> nn.Module | None:
-    """The torch module behind an adapter (eager or TorchScript), None for ONNX.
-
-    The adapters in auditor/models/torch_model.py keep it in the private `_module`; this one accessor is the only
-    place that reads it (the lead replaces it with a public property)."""
-    module = getattr(model, "_module", None)
+    """The torch module behind an adapter (eager or TorchScript: their `torch_module` property), None for ONNX."""
+    module = getattr(model, "torch_module", None)
     return module if isinstance(module, nn.Module) else None
 
 

@@ -84,8 +84,8 @@ def artifact_boxes(
 ) -> np.ndarray:
     """The (n, 4) boxes `artifact.make_pairs` pastes into for the same arguments: the same patch size and the
     same seeded positions, drawn in the same order."""
-    # `_fit` is the probe's resize of the artifact (private to artifact.py, which this module must not edit).
-    patch = artifact._fit(artifact.load_artifact(artifact_path), pre.size[1], spec)
+    # The probe's own resize of the artifact, so the boxes are exactly the probe's.
+    patch = artifact.fit_artifact(artifact.load_artifact(artifact_path), pre.size[1], spec)
     rng = np.random.default_rng(seed)
     rows = [(*artifact.position(spec, pre.size, patch.shape[:2], rng), *patch.shape[:2]) for _ in range(n)]
     return np.asarray(rows, dtype=np.int64).reshape(n, 4)

@@ -97,12 +97,12 @@ class ScriptEncoder(nn.Module):
     def __init__(self, net: torch.jit.ScriptModule, layer: str) -> None:
         super().__init__()
         # The adapter's own map from module path to graph value (reading only; the lead may make it public).
-        from auditor.models.torch_model import _layer_values
+        from auditor.models.torch_model import layer_values
 
         self.net = net
         self.layer = layer
         graph = net.inlined_graph.copy()
-        value = _layer_values(graph)[layer]
+        value = layer_values(graph)[layer]
         graph.eraseOutput(0)
         graph.registerOutput(value)
         torch._C._jit_pass_dce(graph)

@@ -185,6 +185,11 @@ class ModuleModel:
         self._layers: list[LayerInfo] | None = None
         self._layout = _layout_for(self._module, self.input_shape)
 
+    @property
+    def torch_module(self) -> nn.Module:
+        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
+        return self._module
+
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
             mods = {n: m for n, m in self._module.named_modules() if n}
@@ -309,7 +314,7 @@ def _module_path(hierarchy: str) -> str:
     return ".".join(n for n in names if n not in ("SELF", "UNKNOWN_INSTANCE"))
 
 
-def _layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
+def layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
     """Module path -> the value its last top-level tensor op produces (the module's output)."""
     values: dict[str, torch._C.Value] = {}
     for node in graph.nodes():
@@ -328,7 +333,7 @@ def _layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
 
 def _script_head(module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format) -> AutogradHead:
     graph = module.inlined_graph.copy()
-    value = _layer_values(graph)[layer]
+    value = layer_values(graph)[layer]
     acts_in = graph.addInput("acts")
     acts_in.setType(value.type())
     value.replaceAllUsesWith(acts_in)
@@ -359,7 +364,7 @@ class ScriptModel:
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
             graph = self._module.inlined_graph.copy()
-            values = _layer_values(graph)
+            values = layer_values(graph)
             for layer in layers:
                 graph.registerOutput(values[layer])
             graph.makeMultiOutputIntoTuple()
@@ -377,9 +382,14 @@ class ScriptModel:
                     acts[n].append(a.numpy())
         return np.concatenate(logits).astype(np.float32), _joined(acts)
 
+    @property
+    def torch_module(self) -> nn.Module:
+        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
+        return self._module
+
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
-            names = tuple(_layer_values(self._module.inlined_graph))
+            names = tuple(layer_values(self._module.inlined_graph))
             _, acts = self._run(np.zeros((1, *self.input_shape), np.float32), names)
             order = [n for n, _ in self._module.named_modules() if n in acts]
             self._layers = [LayerInfo(n, tuple(acts[n].shape[1:]), self._kinds.get(n, "")) for n in order]
