@@ -31,10 +31,11 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from auditor import data
+from auditor import data, threads
 from auditor.context import Context, derive_seed
 from auditor.errors import UserError
 from auditor.methods import rsvc_core as core
+from auditor.methods.rsvc_reported import reported_text
 from auditor.models.base import Model
 from auditor.policy import Policy, check_layers
 from auditor.results import CheckResult, Status
@@ -600,6 +601,7 @@ def evaluate(r: RsvcRequirement, findings: list[dict], roles: list[str], classes
     return met, "; ".join(why)
 
 
+@threads.small_model_threads
 def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     clock = Clock()
     start = time.perf_counter()
@@ -639,6 +641,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     summary = " | ".join(("MET " if q["met"] else "NOT MET ") + q["why"] for q in reqs) or (
         f"{len(ui)} unique important concept{'s' if len(ui) != 1 else ''} over {len(classes) - len(skipped)} classes"
     )
+    summary += reported_text(findings, roles, check.require) if check.require else ""
     if skipped:
         summary += f" ({len(skipped)} class{'es' if len(skipped) != 1 else ''} not evaluated: too few images)"
     total = time.perf_counter() - start
