@@ -676,6 +676,7 @@ def write_world(
                                     data, SHORTCUT_RATE of the shortcut class's images carry the watermark
                                     and COLOUR_BIAS_RATE of the colour-bias class's objects are in HUE_FAMILY
         field_masks/<class>/NNNN.png their object masks
+        field/labels.csv            the field images' concept labels (columns as probe/labels.csv)
         random/NNNN.png             `random_pool` random images, 10% with the watermark
         probe/NNNN.png              `probe` random images, 30% with the watermark
         probe/masks/NNNN.png        their object masks
@@ -704,6 +705,7 @@ def write_world(
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     records: list[dict[str, object]] = []
+    field_labels: list[list[object]] = []
 
     Image.fromarray(watermark_glyph()).save(out / "watermark.png")
 
@@ -736,8 +738,14 @@ def write_world(
             _save_rgb(s.image, img_dir / _name(i))
             _save_mask(s.mask, mask_dir / _name(i))
             records.append(record(f"field/{cls}/{_name(i)}", s))
+            field_labels.append([f"{cls}/{_name(i)}", *(probe_labels(s)[c] for c in PROBE_COLUMNS)])
         counts[f"field/{cls}"] = per_class
         counts[f"field_masks/{cls}"] = per_class
+    # The field's concept labels, as the probe set's (RSVC summarises a concept's top patches by them).
+    with open(out / "field" / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", *PROBE_COLUMNS])
+        writer.writerows(field_labels)
 
     for c, concept in enumerate(CONCEPTS):
         rng = np.random.default_rng([seed, _STREAM_CONCEPTS, c])

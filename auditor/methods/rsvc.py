@@ -35,6 +35,7 @@ from auditor import data, threads
 from auditor.context import Context, derive_seed
 from auditor.errors import UserError
 from auditor.methods import rsvc_core as core
+from auditor.methods import rsvc_labels
 from auditor.methods.rsvc_reported import reported_text
 from auditor.models.base import Model
 from auditor.policy import Policy, check_layers
@@ -672,6 +673,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
         "requirements": reqs,
         "notes": notes,
     }
+    details["labelled"] = rsvc_labels.summarise(ctx.policy, _images_root(check, ctx.policy), classes, findings)
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
         requirement="; ".join(q["text"] for q in reqs) or "none (informational)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from auditor.report import figures_rsvc
+from auditor.report import figures_rsvc, rsvc_unique
 from auditor.results import CheckResult
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
     roles = _ordered(ctx.roles, [str(f["model"]) for f in check.findings] + list(settings.get("models") or []))
     concept_layers = details.get("concept_layers") or {}
     figs: list[FigureRef] = []
+    detail_refs: dict[tuple[str, str, int], FigureRef] = {}  # rsvc_unique.lead's figures
     classes = []
     order = _ordered([str(k) for k in settings.get("classes") or []], list(classes_detail))
     for ci, cls in enumerate(order):
@@ -181,6 +182,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
                     ),
                 )
                 entry["details"].append(fig)
+                detail_refs[(role, cls, j)] = fig
                 figs.append(fig)
 
         role_i = {r: i for i, r in enumerate(present)}
@@ -252,5 +254,6 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
             "requirements": _requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
             "limits": RSVC_LIMITS_NOTE,
+            "lead": rsvc_unique.lead(check, detail_refs),
         },
     )
