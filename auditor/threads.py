@@ -3,7 +3,7 @@
 On a loaded 2-core machine, torch's thread pool made RSVC's many small ops (64x64 inputs, 4x4 to 16x16 maps,
 head calls on a few hundred rows) far slower with two threads than with one: each op's work is smaller than the
 cost of waking and joining a second thread that has to wait for a core. The numbers behind `SMALL_MODEL_THREADS`
-are in benchmarks/rsvc_threads.py and the README.
+are at `SMALL_MODEL_THREADS` and in the README.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 
 #: A model is small when its input has at most this many pixels per image (the demo's 64 x 64 is 4,096).
 SMALL_INPUT_PIXELS: int = 128 * 128
-#: Torch threads while a check runs only small models. Measured on the demo's RSVC check (benchmarks/
-#: rsvc_threads.py, 2 cores): see MEASURED below.
+#: Torch threads while a check runs only small models. Measured 2026-12-03 on the demo's RSVC check (seed 0, three
+#: classes, cold cache; benchmarks/rsvc_threads.py) on the shared 2-core machine at load 7.5-10.7: one thread 182 s
+#: and 99 s, two threads 923 s and 364 s (medians 141 s and 643 s: two threads 4.6x slower, 3.7x-5.1x per pair).
 SMALL_MODEL_THREADS: int = 1
-MEASURED: str = "not yet measured"
 
 T = TypeVar("T")
 
