@@ -68,7 +68,7 @@ def test_lead_lists_unique_important_concepts_with_their_labels() -> None:
     check = CheckResult(id="c", method="rsvc", status=Status.PASS, severity="major", summary="", requirement="",
                         findings=findings, details={"labelled": labelled})
     out = rsvc_unique.lead(check, {("candidate", "circle", 2): "FIG"})
-    assert [it["concept"] for it in out["items"]] == [2, 1]
-    assert out["items"][0]["figure"] == "FIG" and out["items"][1]["figure"] is None
-    assert out["items"][0]["labels"].startswith("green (100% of the top patches, 80%")
-    assert out["items"][1]["coverage"] == "no labels cover the images of its top patches"
+    assert [it["concept"] for it in out["concepts"]] == [2, 1]
+    assert out["concepts"][0]["figure"] == "FIG" and out["concepts"][1]["figure"] is None
+    assert out["concepts"][0]["labels"].startswith("green (100% of the top patches, 80%")
+    assert out["concepts"][1]["coverage"] == "no labels cover the images of its top patches"

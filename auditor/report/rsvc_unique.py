@@ -23,7 +23,7 @@ def _matches(labelled: Mapping[str, Any], role: str, cls: str, concept: int) -> 
 
 
 def lead(check: CheckResult, figures: Mapping[tuple[str, str, int], Any]) -> dict[str, Any]:
-    """{"items": [...], "sources": [...]}: one item per unique important concept, most important first;
+    """{"concepts": [...], "sources": [...]}: one item per unique important concept, most important first;
     `figures` maps (model, class, concept) to the concept's detail FigureRef."""
     labelled = check.details.get("labelled") or {}
     rows = sorted((f for f in check.findings if f["unique"] and f["important"]),
@@ -41,4 +41,4 @@ def lead(check: CheckResult, figures: Mapping[tuple[str, str, int], Any]) -> dic
             "coverage": (f"{covered} of its {top} top patches come from labelled images" if covered
                          else "no labels cover the images of its top patches"),
         })
-    return {"items": items, "sources": [str(s) for s in labelled.get("sources") or []]}
+    return {"concepts": items, "sources": [str(s) for s in labelled.get("sources") or []]}
