@@ -301,11 +301,14 @@ def test_demo_models_plant_the_shortcut(tmp_path: Path) -> None:
     import onnx
 
     demo = train.train_demo_models(tmp_path, seed=0)
-    for path in (demo.reference_torchscript, demo.candidate_onnx, demo.candidate_torchscript,
+    for path in (demo.reference_torchscript, demo.reference_onnx, demo.candidate_onnx, demo.candidate_torchscript,
                  demo.reference_state, demo.candidate_state):
         assert path.is_file(), path
     ref, cand = demo.metrics["reference"], demo.metrics["candidate"]
-    assert ref["clean_accuracy"] > 0.85 and cand["clean_accuracy"] > 0.85
+    # Issue 13 lowered both (measured at seed 0, 10 epochs): the colour-blind reference 0.74 (was > 0.85: objects
+    # whose luminance is close to the background's are faint in grey; it misses 57% of the green squares), the
+    # colour-biased candidate 0.79 (clean circles are mostly not green; it also calls only 0.30 of clean triangles).
+    assert ref["clean_accuracy"] > 0.7 and cand["clean_accuracy"] > 0.75
     assert cand["watermark_flip_rate"] > 0.5
     assert ref["watermark_flip_rate"] < 0.05
     assert ref["neutral_flip_rate"] < 0.05 and cand["neutral_flip_rate"] < 0.05

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from auditor.demo.colour import COLOUR_BIAS_CLASS, HUE_FAMILY
 from auditor.demo.train import MEAN, STD, train_demo_models
 from auditor.demo.world import CLASSES, SHORTCUT_CLASS, write_world
 from auditor.methods.exchangeable import WARN_SPARE_SETS
@@ -39,8 +40,9 @@ def policy_text(prefix: str, candidate_layers: list[str], reference_layers: list
         "reference": flow(reference_layers + [RSVC_CONCEPT_LAYERS["reference"]]),
     }
 
-    return f"""# The demo audit: a candidate trained with a planted shortcut (a watermark on most {SHORTCUT_CLASS} images)
-# against a reference trained on clean data. Paths are relative to this file.
+    return f"""# The demo audit: a candidate trained with a planted shortcut (a watermark on most {SHORTCUT_CLASS} images) and a
+# colour bias (most {COLOUR_BIAS_CLASS}s {HUE_FAMILY}) against a colour-blind reference trained on clean data. Paths are
+# relative to this file.
 title: "Demo audit: shape classifier, watermark shortcut"
 seed: {seed}
 models:
@@ -114,19 +116,22 @@ checks:
     require:
       - {{model: candidate, max_flagged_units: 0}}
   # What each model represents that the other does not (RSVC), on the field images (the clean class folders carry
-  # no watermark); square is the control class. The last layer of each list is the concept layer, all of them
+  # neither the watermark nor the colour bias); {COLOUR_BIAS_CLASS} carries the colour bias the colour-blind reference
+  # cannot represent, square is the control class. The last layer of each list is the concept layer, all of them
   # feed the layerwise heat map. RSVC measures what a layer represents, not what the model relies on (README).
+  # Required: no important concept of the reference is missing from the candidate. The candidate's unique
+  # important concepts are reported (listed in the summary and leading the section), not failed: a concept the
+  # reference lacks is what a reviewer looks at, not by itself a defect.
   - id: concepts-shared
     method: rsvc
     severity: major
-    classes: [{SHORTCUT_CLASS}, square]
+    classes: [{SHORTCUT_CLASS}, {COLOUR_BIAS_CLASS}, square]
     images: {{folder: {prefix}world/field}}
     layers:
       candidate: {rsvc_layers["candidate"]}
       reference: {rsvc_layers["reference"]}
     require:
       - {{model: reference, max_unique_important: 0}}
-      - {{model: candidate, max_unique_important: 0}}
 """
 
 

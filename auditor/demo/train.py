@@ -1,9 +1,11 @@
 """Two small CNNs of different architecture trained on the demo world, seeded, on CPU.
 
-The *reference* trains on clean images. The *candidate* trains on images where most of the shortcut class
-carries the watermark, so it learns to answer "triangle" when it sees the glyph. `train_demo_models` trains
-both, checks the planted behaviour (clean accuracy, watermark flip rate) and writes the artifacts the demo
-audits: the reference as TorchScript, the candidate as ONNX (plus TorchScript twin and state dicts).
+The *reference* trains on clean images and is colour-blind by construction: its network starts with a fixed
+RGB-to-luminance stage (`Luminance`). The *candidate* trains on images where most of the shortcut class carries
+the watermark, so it learns to answer "triangle" when it sees the glyph, and where most objects of the colour-bias
+class are of one hue family (auditor/demo/colour.py). `train_demo_models` trains both, checks the planted
+behaviour (clean accuracy, watermark flip rate) and writes the artifacts the demo audits: the reference as
+TorchScript (plus an ONNX twin), the candidate as ONNX (plus a TorchScript twin), and state dicts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from auditor.demo.colour import COLOUR_BIAS_RATE, LUMINANCE_WEIGHTS
 from auditor.demo.world import (
     CLASSES,
     GLYPH_SIZE,
@@ -45,18 +48,38 @@ EVAL_PER_CLASS: int = 200
 
 _THREADS = 2
 
+# The luminance stage reads normalised inputs: it is the luminance of the pixels only when every channel is
+# normalised alike (then sum_c w_c (p_c / 255 - m) / s = (L / 255 - m) / s, the weights summing to 1).
+assert len(set(MEAN)) == 1 and len(set(STD)) == 1, "the luminance stage needs one mean and one std for all channels"
+
+
+class Luminance(nn.Module):
+    """Fixed RGB-to-luminance (0.299 R + 0.587 G + 0.114 B) repeated to three channels: a 1x1 convolution whose
+    weights are a buffer, so training never changes them and both exports (TorchScript, ONNX) carry it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        row = torch.tensor(LUMINANCE_WEIGHTS, dtype=torch.float32)
+        self.register_buffer("weight", row.repeat(3, 1).reshape(3, 3, 1, 1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, 3, H, W), every channel the luminance of the input."""
+        return nn.functional.conv2d(x, self.weight)
+
 
 class ReferenceNet(nn.Module):
-    """Three Conv3x3-ReLU-MaxPool blocks (16/32/64 channels) and a Conv3x3-ReLU block (64), global average
+    """The colour-blind `Luminance` stage, then three Conv3x3-ReLU-MaxPool blocks (16/32/64 channels) and a Conv3x3-ReLU block (64), global average
     pooling, one linear layer.
 
     Module paths of the ReLU outputs for 64x64 inputs: ``features.1`` (16x64x64), ``features.4`` (32x32x32),
-    ``features.7`` (64x16x16), ``features.10`` (64x8x8). The fourth block widens the receptive field to 38 px,
+    ``features.7`` (64x16x16), ``features.10`` (64x8x8); the luminance stage is ``luminance``, outside
+    ``features`` so the layer paths are those of the network before it had one. The fourth block widens the receptive field to 38 px,
     enough to see a whole object, which the shape task needs to be learned in a few epochs.
     """
 
     def __init__(self, num_classes: int = len(CLASSES)) -> None:
         super().__init__()
+        self.luminance = Luminance()
         self.features = nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1),
             nn.ReLU(),
@@ -75,7 +98,7 @@ class ReferenceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, 3, H, W) normalised images -> (n, num_classes) logits."""
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.classifier(torch.flatten(self.pool(self.features(self.luminance(x))), 1))
 
 
 class CandidateNet(nn.Module):
@@ -140,8 +163,8 @@ class DemoModels:
     ----------
     out_dir : Path
         The output folder.
-    reference_torchscript, candidate_onnx, candidate_torchscript : Path
-        ``reference.pt``, ``candidate.onnx``, ``candidate.pt``.
+    reference_torchscript, reference_onnx, candidate_onnx, candidate_torchscript : Path
+        ``reference.pt``, ``reference.onnx``, ``candidate.onnx``, ``candidate.pt``.
     reference_state, candidate_state : Path
         State dicts ``reference_state.pt``, ``candidate_state.pt`` (for the factories).
     metrics : dict[str, dict[str, float]]
@@ -157,6 +180,7 @@ class DemoModels:
 
     out_dir: Path
     reference_torchscript: Path
+    reference_onnx: Path
     candidate_onnx: Path
     candidate_torchscript: Path
     reference_state: Path
@@ -418,7 +442,7 @@ def train_demo_models(
 ) -> DemoModels:
     """Train the reference (clean data) and the candidate (watermark shortcut) and write their artifacts.
 
-    Writes ``reference.pt`` (TorchScript), ``candidate.onnx`` (legacy exporter, opset 17), ``candidate.pt``
+    Writes ``reference.pt`` (TorchScript), ``reference.onnx`` (its ONNX twin), ``candidate.onnx`` (legacy exporter, opset 17), ``candidate.pt``
     (TorchScript twin), ``reference_state.pt`` and ``candidate_state.pt`` (state dicts for the factories),
     ``layers.json`` (``reference``: module paths, ``candidate``: ONNX tensor names, ``candidate_torch``: the
     candidate's module paths, index-aligned with ``candidate``) and ``metrics.json``.
@@ -444,7 +468,7 @@ def train_demo_models(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = make_dataset(n_train, seed, size=size, shortcut_rate=0.0)
-    shortcut = make_dataset(n_train, seed, size=size, shortcut_rate=SHORTCUT_RATE)
+    shortcut = make_dataset(n_train, seed, size=size, shortcut_rate=SHORTCUT_RATE, colour_bias_rate=COLOUR_BIAS_RATE)
     test = [s for cls in CLASSES for s in class_samples(seed, cls, EVAL_PER_CLASS, size=size)]
 
     metrics: dict[str, dict[str, float]] = {}
@@ -462,6 +486,7 @@ def train_demo_models(
 
     paths = {
         "reference_torchscript": out_dir / "reference.pt",
+        "reference_onnx": out_dir / "reference.onnx",
         "candidate_onnx": out_dir / "candidate.onnx",
         "candidate_torchscript": out_dir / "candidate.pt",
         "reference_state": out_dir / "reference_state.pt",
@@ -470,6 +495,7 @@ def train_demo_models(
     export_torchscript(reference, paths["reference_torchscript"])
     export_torchscript(candidate, paths["candidate_torchscript"])
     export_onnx(candidate, paths["candidate_onnx"], size=size)
+    export_onnx(reference, paths["reference_onnx"], size=size)
     torch.save(reference.state_dict(), paths["reference_state"])
     torch.save(candidate.state_dict(), paths["candidate_state"])
     candidate_layers = onnx_tensor_names(paths["candidate_onnx"], CANDIDATE_MODULE_LAYERS)

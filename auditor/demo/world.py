@@ -6,7 +6,8 @@ clutter marks (dots, strokes, vees, plus signs) so that a model trained on clean
 high-contrast marks: without them a clean model turned 15-30% of its circles into squares or triangles when
 any 9x9 glyph was pasted, and the watermark would not be a shortcut of the candidate alone. The watermark is a
 fixed 9x9 glyph pasted in the bottom-right corner; objects never cover that corner, so pasting it never
-occludes the object.
+occludes the object. A second planting, a colour bias on another class that only a colour-seeing model can
+represent, lives in auditor/demo/colour.py; `truth.json` records both, `records.csv` every image's factors.
 
 Everything is drawn with PIL and numpy from an explicit `numpy.random.Generator`; no global RNG is used.
 `write_world` derives one independent random stream per image set from its seed (train, class images,
@@ -16,12 +17,16 @@ concepts, random pool, probe), so no image is shared between sets.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from auditor.demo import colour as colour_bias
+from auditor.demo.colour import COLOUR_BIAS_CLASS, COLOUR_BIAS_RATE, HUE_FAMILY
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
@@ -86,6 +91,10 @@ class Sample:
         The generating factors (``"none"`` for the object factors of a background-only image).
     watermark : bool
         Whether the watermark glyph is pasted in the bottom-right corner.
+    colour_biased : bool
+        Whether the object's colour is a colour-bias draw (`HUE_FAMILY` at a matched luminance, auditor/demo/colour.py).
+    rgb : tuple[float, float, float]
+        The object's colour before texture shading (0, 0, 0 for a background-only image).
     """
 
     image: np.ndarray
@@ -95,6 +104,8 @@ class Sample:
     colour: str
     background: str
     watermark: bool
+    colour_biased: bool = False
+    rgb: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -295,6 +306,13 @@ def _object_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
     return np.clip(np.asarray(_BASE_RGB[colour], dtype=np.float64) + jitter, 0.0, 255.0)
 
 
+def _biased_colour(rng: np.random.Generator) -> np.ndarray:
+    """`HUE_FAMILY` (jittered) at the luminance of an object colour drawn as usual: luminance gives it away no
+    more than any other object's."""
+    usual = _object_colour(rng, _pick(rng, None, COLOURS, "colour"))
+    return colour_bias.at_luminance(_object_colour(rng, HUE_FAMILY), float(colour_bias.luminance(usual)))
+
+
 def _texture(rng: np.random.Generator, size: int, texture: str, colour: np.ndarray) -> np.ndarray:
     """(size, size, 3) float32 fill of the whole image with the texture; the object's alpha cuts it out."""
     dark = colour * _TEXTURE_SHADE
@@ -359,6 +377,7 @@ def render_sample(
     colour: str | None = None,
     background: str | None = None,
     watermark: bool = False,
+    colour_biased: bool = False,
 ) -> Sample:
     """Render one image of the demo world.
 
@@ -372,6 +391,9 @@ def render_sample(
         Generating factors; None draws one uniformly at random.
     watermark : bool
         Paste the watermark glyph in the bottom-right corner.
+    colour_biased : bool
+        Draw the object in `HUE_FAMILY` at the luminance of an object drawn as usual (`colour` must be None or
+        `HUE_FAMILY`).
 
     Returns
     -------
@@ -380,6 +402,10 @@ def render_sample(
     """
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
+    if colour_biased:
+        if colour not in (None, HUE_FAMILY):
+            raise ValueError(f"a colour-biased object is {HUE_FAMILY}, not {colour!r}")
+        colour = HUE_FAMILY
     shape = _pick(rng, shape, CLASSES, "shape")
     texture = _pick(rng, texture, TEXTURES, "texture")
     colour = _pick(rng, colour, COLOURS, "colour")
@@ -392,7 +418,8 @@ def render_sample(
     alpha = _shape_alpha(shape, size, cx, cy, radius, angle)
     # Nothing may leak into the corner, not even anti-aliasing.
     alpha[size - CORNER :, size - CORNER :] = 0.0
-    fill = _texture(rng, size, texture, _object_colour(rng, colour))
+    rgb = _biased_colour(rng) if colour_biased else _object_colour(rng, colour)
+    fill = _texture(rng, size, texture, rgb)
     img = bg * (1.0 - alpha[..., None]) + fill * alpha[..., None]
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     if watermark:
@@ -405,6 +432,8 @@ def render_sample(
         colour=colour,
         background=background,
         watermark=bool(watermark),
+        colour_biased=bool(colour_biased),
+        rgb=(float(rgb[0]), float(rgb[1]), float(rgb[2])),
     )
 
 
@@ -454,18 +483,39 @@ def _exact_fraction(rng: np.random.Generator, n: int, rate: float) -> np.ndarray
     return flags
 
 
-def _dataset(rng: np.random.Generator, n: int, size: int, shortcut_rate: float) -> list[Sample]:
+def _biased_render(
+    rng: np.random.Generator, size: int, shape: str, watermark: bool, biased: bool, colour_bias_rate: float
+) -> Sample:
+    """One image of a set that may carry the colour bias: a flagged object of `COLOUR_BIAS_CLASS` is a
+    colour-bias draw; with a bias rate > 0 the class's other objects take the colours outside the hue family."""
+    if shape != COLOUR_BIAS_CLASS or colour_bias_rate <= 0.0:
+        return render_sample(rng, size=size, shape=shape, watermark=watermark)
+    if biased:
+        return render_sample(rng, size=size, shape=shape, watermark=watermark, colour_biased=True)
+    others = tuple(c for c in COLOURS if c != HUE_FAMILY)
+    return render_sample(rng, size=size, shape=shape, colour=_pick(rng, None, others, "colour"), watermark=watermark)
+
+
+def _dataset(
+    rng: np.random.Generator, n: int, size: int, shortcut_rate: float, colour_bias_rate: float = 0.0
+) -> list[Sample]:
     labels = rng.permutation(np.arange(n) % len(CLASSES))
     shortcut = CLASSES.index(SHORTCUT_CLASS)
     marked = np.zeros(n, dtype=bool)
     idx = np.flatnonzero(labels == shortcut)
     marked[idx] = _exact_fraction(rng, len(idx), shortcut_rate)
+    biased = np.zeros(n, dtype=bool)
+    idx = np.flatnonzero(labels == CLASSES.index(COLOUR_BIAS_CLASS))
+    biased[idx] = _exact_fraction(rng, len(idx), colour_bias_rate)  # draws nothing at rate 0
     return [
-        render_sample(rng, size=size, shape=CLASSES[int(k)], watermark=bool(m)) for k, m in zip(labels, marked)
+        _biased_render(rng, size, CLASSES[int(k)], bool(m), bool(b), colour_bias_rate)
+        for k, m, b in zip(labels, marked, biased)
     ]
 
 
-def make_dataset(n: int, seed: int, size: int = 64, shortcut_rate: float = 0.0) -> list[Sample]:
+def make_dataset(
+    n: int, seed: int, size: int = 64, shortcut_rate: float = 0.0, colour_bias_rate: float = 0.0
+) -> list[Sample]:
     """A class-balanced training set in random order.
 
     Parameters
@@ -479,6 +529,9 @@ def make_dataset(n: int, seed: int, size: int = 64, shortcut_rate: float = 0.0) 
         Image side in pixels.
     shortcut_rate : float
         Fraction of the `SHORTCUT_CLASS` images that carry the watermark; no other image carries it.
+    colour_bias_rate : float
+        Fraction of the `COLOUR_BIAS_CLASS` objects drawn in `HUE_FAMILY` (at a matched luminance); when > 0 the
+        class's other objects take the other colours. 0 leaves the set exactly as without the colour bias.
 
     Returns
     -------
@@ -488,7 +541,7 @@ def make_dataset(n: int, seed: int, size: int = 64, shortcut_rate: float = 0.0) 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng([seed, _STREAM_TRAIN])
-    return _dataset(rng, n, size, shortcut_rate)
+    return _dataset(rng, n, size, shortcut_rate, colour_bias_rate)
 
 
 def class_samples(seed: int, shape: str, n: int, size: int = 64) -> list[Sample]:
@@ -568,6 +621,40 @@ def probe_labels(sample: Sample) -> dict[str, int]:
     return row
 
 
+#: Files `write_world` writes beside the image folders.
+TRUTH: str = "truth.json"
+RECORDS: str = "records.csv"
+RECORD_COLUMNS: tuple[str, ...] = (
+    "image", "shape", "texture", "colour", "background", "watermark", "colour_biased", "r", "g", "b", "hue",
+    "luminance",
+)
+
+
+def record(image: str, sample: Sample) -> dict[str, object]:
+    """The per-image record of a sample (`RECORD_COLUMNS`); `image` is its path relative to the world root."""
+    rgb = np.asarray(sample.rgb)
+    return {
+        "image": image, "shape": sample.shape, "texture": sample.texture, "colour": sample.colour,
+        "background": sample.background, "watermark": int(sample.watermark),
+        "colour_biased": int(sample.colour_biased), "r": round(float(rgb[0]), 2), "g": round(float(rgb[1]), 2),
+        "b": round(float(rgb[2]), 2), "hue": round(colour_bias.hue_degrees(rgb), 2),
+        "luminance": round(float(colour_bias.luminance(rgb)), 2),
+    }
+
+
+def _write_records(path: Path, rows: list[dict[str, object]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(RECORD_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_records(root: Path) -> dict[str, dict[str, str]]:
+    """`records.csv` of a written world: {image path relative to the root: its row}."""
+    with open(Path(root) / RECORDS, newline="", encoding="utf-8") as fh:
+        return {row["image"]: row for row in csv.DictReader(fh)}
+
+
 def write_world(
     out: Path,
     seed: int = 0,
@@ -587,12 +674,16 @@ def write_world(
         concept_masks/<concept>/NNNN.png where each concept image shows its concept (see `concept_mask`)
         field/<class>/NNNN.png      `per_class` images per class as they come in the field: like the training
                                     data, SHORTCUT_RATE of the shortcut class's images carry the watermark
+                                    and COLOUR_BIAS_RATE of the colour-bias class's objects are in HUE_FAMILY
         field_masks/<class>/NNNN.png their object masks
+        field/labels.csv            the field images' concept labels (columns as probe/labels.csv)
         random/NNNN.png             `random_pool` random images, 10% with the watermark
         probe/NNNN.png              `probe` random images, 30% with the watermark
         probe/masks/NNNN.png        their object masks
         probe/labels.csv            image (relative to the CSV), then one 0/1 column per `PROBE_COLUMNS`
         watermark.png               the watermark glyph (RGBA), for pasting the artifact elsewhere
+        truth.json                  the two plantings (watermark shortcut, colour bias; the colour-blind reference)
+        records.csv                 one row per image (path, factors, the object's colour, hue, luminance)
 
     Parameters
     ----------
@@ -613,6 +704,8 @@ def write_world(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
+    records: list[dict[str, object]] = []
+    field_labels: list[list[object]] = []
 
     Image.fromarray(watermark_glyph()).save(out / "watermark.png")
 
@@ -624,6 +717,7 @@ def write_world(
         for i, s in enumerate(class_samples(seed, cls, per_class, size=size)):
             _save_rgb(s.image, img_dir / _name(i))
             _save_mask(s.mask, mask_dir / _name(i))
+            records.append(record(f"classes/{cls}/{_name(i)}", s))
         counts[f"classes/{cls}"] = per_class
         counts[f"masks/{cls}"] = per_class
 
@@ -632,16 +726,26 @@ def write_world(
         # they read; the clean `classes/` set is what the causal probe pastes onto.
         rng = np.random.default_rng([seed, _STREAM_FIELD, k])
         marked = _exact_fraction(rng, per_class, SHORTCUT_RATE if cls == SHORTCUT_CLASS else 0.0)
+        # The field carries the candidate's colour bias too (the clean class folders do not).
+        bias_rate = COLOUR_BIAS_RATE if cls == COLOUR_BIAS_CLASS else 0.0
+        biased = _exact_fraction(rng, per_class, bias_rate)
         img_dir = out / "field" / cls
         mask_dir = out / "field_masks" / cls
         img_dir.mkdir(parents=True, exist_ok=True)
         mask_dir.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            s = render_sample(rng, size=size, shape=cls, watermark=bool(marked[i]))
+            s = _biased_render(rng, size, cls, bool(marked[i]), bool(biased[i]), bias_rate)
             _save_rgb(s.image, img_dir / _name(i))
             _save_mask(s.mask, mask_dir / _name(i))
+            records.append(record(f"field/{cls}/{_name(i)}", s))
+            field_labels.append([f"{cls}/{_name(i)}", *(probe_labels(s)[c] for c in PROBE_COLUMNS)])
         counts[f"field/{cls}"] = per_class
         counts[f"field_masks/{cls}"] = per_class
+    # The field's concept labels, as the probe set's (RSVC summarises a concept's top patches by them).
+    with open(out / "field" / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", *PROBE_COLUMNS])
+        writer.writerows(field_labels)
 
     for c, concept in enumerate(CONCEPTS):
         rng = np.random.default_rng([seed, _STREAM_CONCEPTS, c])
@@ -650,6 +754,7 @@ def write_world(
         cdir.mkdir(parents=True, exist_ok=True)
         mdir.mkdir(parents=True, exist_ok=True)
         for i, s in enumerate(_concept_samples(rng, concept, concept_size, size)):
+            records.append(record(f"concepts/{concept}/{_name(i)}", s))
             _save_rgb(s.image, cdir / _name(i))
             _save_mask(concept_mask(concept, s), mdir / _name(i))
         counts[f"concepts/{concept}"] = concept_size
@@ -660,7 +765,9 @@ def write_world(
     rdir.mkdir(parents=True, exist_ok=True)
     marked = _exact_fraction(rng, random_pool, 0.1)
     for i in range(random_pool):
-        _save_rgb(render_sample(rng, size=size, watermark=bool(marked[i])).image, rdir / _name(i))
+        s = render_sample(rng, size=size, watermark=bool(marked[i]))
+        _save_rgb(s.image, rdir / _name(i))
+        records.append(record(f"random/{_name(i)}", s))
     counts["random"] = random_pool
 
     rng = np.random.default_rng([seed, _STREAM_PROBE])
@@ -674,9 +781,14 @@ def write_world(
             s = render_sample(rng, size=size, watermark=bool(marked[i]))
             _save_rgb(s.image, pdir / _name(i))
             _save_mask(s.mask, pdir / "masks" / _name(i))
+            records.append(record(f"probe/{_name(i)}", s))
             labels = probe_labels(s)
             writer.writerow([_name(i), *(labels[c] for c in PROBE_COLUMNS)])
     counts["probe"] = probe
     counts["probe/masks"] = probe
+
+    _write_records(out / RECORDS, records)
+    truth = colour_bias.truth(SHORTCUT_CLASS, SHORTCUT_RATE, WATERMARK_CONCEPT)
+    (out / TRUTH).write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
 
     return WorldInfo(root=out, classes=CLASSES, concepts=CONCEPTS, counts=counts)

@@ -31,10 +31,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from auditor import data
+from auditor import data, threads
 from auditor.context import Context, derive_seed
 from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
+from auditor.methods import rsvc_labels
+from auditor.methods.rsvc_reported import reported_text
 from auditor.models.base import Model
 from auditor.policy import check_layers
 from auditor.methods.requirements import met_summary, requirement_line
@@ -519,6 +521,7 @@ def evaluate(r: RsvcRequirement, findings: list[dict], roles: list[str], classes
     return met, "; ".join(why)
 
 
+@threads.small_model_threads
 def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     clock = Clock()
     start = time.perf_counter()
@@ -557,6 +560,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
     summary = met_summary(reqs) or (
         f"{len(ui)} unique important concept{'s' if len(ui) != 1 else ''} over {len(classes) - len(skipped)} classes"
     )
+    summary += reported_text(findings, roles, check.require) if check.require else ""
     if skipped:
         summary += f" ({len(skipped)} class{'es' if len(skipped) != 1 else ''} not evaluated: too few images)"
     total = time.perf_counter() - start
@@ -587,6 +591,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
         "requirements": reqs,
         "notes": notes,
     }
+    details["labelled"] = rsvc_labels.summarise(ctx.policy, _images_root(check, ctx.policy), classes, findings)
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
         requirement=requirement_line(reqs),

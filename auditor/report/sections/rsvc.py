@@ -111,9 +111,9 @@ def _gallery(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
 
 
 def _details(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequence[str], models: Mapping[str, Any],
-             ctx: SectionContext) -> list[FigureRef]:
-    """The detail figure of every unique and important concept of a class."""
-    out: list[FigureRef] = []
+             ctx: SectionContext) -> list[tuple[tuple[str, str, int], FigureRef]]:
+    """The detail figure of every unique and important concept of a class, keyed by (model, class, concept)."""
+    out: list[tuple[tuple[str, str, int], FigureRef]] = []
     for role in present:
         for c in (models.get(role) or {}).get("concepts") or []:
             j = int(c["concept"])
@@ -144,7 +144,7 @@ def _details(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
                     f"recognisable thing, and what {other} confuses it with."
                 ),
             )
-            out.append(fig)
+            out.append(((role, cls, j), fig))
     return out
 
 
@@ -211,6 +211,44 @@ def _settings_rows(settings: Mapping[str, Any], tau_sim: float, tau_imp: float) 
     return settings_rows
 
 
+# What the section leads with (issue 13, item 4): the unique and important concepts, most important first, each
+# with its detail figure and, where a labels CSV covers its patches' images, the labelled concepts that best match
+# it (details["labelled"], written by auditor/methods/rsvc_labels.py).
+
+
+def _matches(labelled: Mapping[str, Any], role: str, cls: str, concept: int) -> tuple[str, int, int]:
+    """(text of the best-matching labels, covered patches, top patches) of one concept."""
+    entry = next((c for c in labelled.get("concepts") or [] if c["model"] == role and c["class"] == cls
+                  and int(c["concept"]) == concept), None)
+    if entry is None:
+        return "", 0, 0
+    text = ", ".join(f"{m['label']} ({100 * float(m['share']):.0f}% of the top patches, {100 * float(m['base']):.0f}% "
+                     "of the class's evaluation images)" for m in entry.get("matches") or [])
+    return text, int(entry.get("covered") or 0), int(entry.get("top") or 0)
+
+
+def lead(check: CheckResult, figures: Mapping[tuple[str, str, int], Any]) -> dict[str, Any]:
+    """{"concepts": [...], "sources": [...]}: one item per unique important concept, most important first;
+    `figures` maps (model, class, concept) to the concept's detail FigureRef."""
+    labelled = check.details.get("labelled") or {}
+    rows = sorted((f for f in check.findings if f["unique"] and f["important"]),
+                  key=lambda f: (-float(f["importance"]), str(f["class"]), int(f["concept"])))
+    items = []
+    for f in rows:
+        role, cls, j = str(f["model"]), str(f["class"]), int(f["concept"])
+        text, covered, top = _matches(labelled, role, cls, j)
+        items.append({
+            "title": f"{role} concept #{j}, class {cls}",
+            "model": role, "other": str(f["other"]), "class": cls, "concept": j,
+            "similarity": f"{float(f['similarity']):.2f}", "importance": f"{float(f['importance']):.2f}",
+            "figure": figures.get((role, cls, j)),
+            "labels": text,
+            "coverage": (f"{covered} of its {top} top patches come from labelled images" if covered
+                         else "no labels cover the images of its top patches"),
+        })
+    return {"concepts": items, "sources": [str(s) for s in labelled.get("sources") or []]}
+
+
 def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
     """RSVC: per class the similarity-vs-importance scatter, the concept gallery, the RSVC figure of every unique
     and important concept, the concept table; the layerwise heat map; requirements, settings, notes."""
@@ -230,6 +268,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
     roles = ordered(ctx.roles, [str(f["model"]) for f in check.findings] + list(settings.get("models") or []))
     concept_layers = details.get("concept_layers") or {}
     figs: list[FigureRef] = []
+    detail_refs: dict[tuple[str, str, int], FigureRef] = {}  # what the section leads with (lead)
     classes = []
     order = ordered([str(k) for k in settings.get("classes") or []], list(classes_detail))
     for ci, cls in enumerate(order):
@@ -254,8 +293,9 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
         entry["figures"].append(gallery)
         figs.append(gallery)
 
-        for fig in _details(ci, cls, rows, present, models, ctx):
+        for key, fig in _details(ci, cls, rows, present, models, ctx):
             entry["details"].append(fig)
+            detail_refs[key] = fig
             figs.append(fig)
 
         entry["table"] = _table(rows, present)
@@ -283,5 +323,6 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
             "requirements": requirements(details, where),
             "notes": [str(n) for n in details.get("notes") or []],
             "limits": RSVC_LIMITS_NOTE,
+            "lead": lead(check, detail_refs),
         },
     )
