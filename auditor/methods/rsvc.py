@@ -44,7 +44,7 @@ from auditor.results import CheckResult, Status
 from auditor.schemas.common import checked_rows
 from auditor.schemas.rsvc import RsvcCheck, RsvcFinding, RsvcRequirement
 from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
-    Clock, Pool, _pool, is_negative, layer_where, negative_message, split_images,
+    Clock, Pool, _pool, images_root, is_negative, layer_where, negative_message, split_images,
 )
 
 # Central differences for ONNX heads: the step moves the activation by this fraction of its typical norm
@@ -591,7 +591,7 @@ def run(check: RsvcCheck, ctx: Context) -> CheckResult:
         "requirements": reqs,
         "notes": notes,
     }
-    details["labelled"] = rsvc_labels.summarise(ctx.policy, _images_root(check, ctx.policy), classes, findings)
+    details["labelled"] = rsvc_labels.summarise(ctx.policy, images_root(check, ctx.policy), classes, findings)
     return CheckResult(
         id=check.id, method="rsvc", status=status, severity=check.severity, summary=summary,
         requirement=requirement_line(reqs),

@@ -34,7 +34,7 @@ class Clock:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def _images_root(check: RsvcCheck, policy: Policy) -> Path:
+def images_root(check: RsvcCheck, policy: Policy) -> Path:
     return policy.resolve(check.images.folder if check.images is not None else policy.data.classes.folder)
 
 
@@ -50,7 +50,7 @@ def validate(
         problems.append(f"{where}.models: rsvc compares exactly two models, got {len(roles)} ({', '.join(roles)})")
     elif roles[0] == roles[1]:
         problems.append(f"{where}.models: the two models must be different roles (got {roles[0]!r} twice)")
-    root = _images_root(check, policy)
+    root = images_root(check, policy)
     if len(roles) == 2 and roles[0] != roles[1]:
         problems.extend(negative_layers(check, policy, pre, where, models, root))
     if check.images is None:
@@ -85,7 +85,7 @@ class Pool:
 
 
 def _pool(check: RsvcCheck, ctx: Context, roles: list[str], clock: Clock) -> Pool:
-    root = _images_root(check, ctx.policy)
+    root = images_root(check, ctx.policy)
     names = ctx.policy.data.classes.names
     folders = [k for k in names if (root / k).is_dir()]
     sets = [data.folder_set(f"rsvc-pool:{k}@{root}", root / k, ctx.pre) for k in folders]
