@@ -230,7 +230,7 @@ def test_section_renders_into_the_pdf(sim_audit, tmp_path):
     assert "Where each concept is encoded" in html and "Depth shifts" in html and "warm" in html
     for name in ("similarity-depth.svg", "similarity-cka.svg", "similarity-maps.svg"):
         assert any(p.name.endswith(name) for p in out.assets), name
-    assert "dominated by high-variance directions" in html
+    assert "dominated by the high-variance directions" in html
     assert out.pdf.stat().st_size > 0
 
 
