@@ -228,7 +228,7 @@ def test_section_renders_into_the_pdf(sim_audit, tmp_path):
     out = render_report(path, tmp_path / "report")
     html = out.html.read_text()
     assert "Where each concept is encoded" in html and "Depth shifts" in html and "warm" in html
-    for name in ("similarity-depth.svg", "similarity-cka.svg", "similarity-maps.svg"):
+    for name in ("similarity-depth.svg", "similarity-cka.svg", "similarity-maps-0.svg"):
         assert any(p.name.endswith(name) for p in out.assets), name
     assert "dominated by the high-variance directions" in html
     assert out.pdf.stat().st_size > 0

@@ -97,13 +97,13 @@ class MatrixPanel:
     marked: tuple[tuple[int, int], ...] = ()  # (row, column) cells outlined (matched relative depth)
 
 
-def _matrix_axes(ax: object, p: MatrixPanel, cmap: str, vmin: float, vmax: float) -> object:
+def _matrix_axes(ax: object, p: MatrixPanel, cmap: str, vmin: float, vmax: float, size: float) -> object:
     m = np.asarray(p.values, float)
     image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     mid = (vmin + vmax) / 2
-    for (y, x), v in np.ndenumerate(m):
+    for (y, x), v in np.ndenumerate(m if size > 0 else np.zeros((0, 0))):
         dark = v > mid + 0.1 * (vmax - vmin) if cmap == "viridis" else abs(v - mid) < 0.35 * (vmax - vmin)
-        ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6.5, color="black" if dark else "white")
+        ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=size, color="black" if dark else "white")
     for y, x in p.marked:
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.6))
     ax.set_xticks(range(len(p.columns)))
@@ -126,6 +126,9 @@ def matrices(panels: Sequence[MatrixPanel], out: Path, *, label: str, cmap: str 
         n_rows = max([len(p.rows) for p in panels], default=1)
         n_cols = max([len(p.columns) for p in panels], default=1)
         width = min(PAGE_WIDTH_IN, per_row * (1.3 + 0.75 * n_cols) + 0.9)
+        # Values in the cells where they fit ("-0.25" at 6.5 pt is 0.3 in wide); colours alone below that.
+        cell = (width - 0.9) / per_row / n_cols - 1.3 / n_cols
+        size = 6.5 if cell >= 0.45 else 5.5 if cell >= 0.36 else 0.0
         fig = Figure(figsize=(width, lines * (1.2 + 0.33 * n_rows) + 0.4), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(lines, per_row, squeeze=False)
@@ -134,7 +137,7 @@ def matrices(panels: Sequence[MatrixPanel], out: Path, *, label: str, cmap: str 
             if i >= len(panels):
                 ax.set_visible(False)
                 continue
-            image = _matrix_axes(ax, panels[i], cmap, vmin, vmax)
+            image = _matrix_axes(ax, panels[i], cmap, vmin, vmax, size)
         if image is not None:
             fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=label)
         return _save(fig, out)

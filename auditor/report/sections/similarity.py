@@ -13,6 +13,8 @@ from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult
 
+MAPS_PER_FIGURE = 6
+
 NOTES_TITLE = "Layer similarity: concepts at relative depth (Mikriukov et al. 2023), and CKA"
 NOTES_TEXT = (
     "For each labelled concept, a concept activation vector (CAV) is trained at every audited layer of each model "
@@ -85,11 +87,12 @@ def _matrix_figures(kinds: Mapping[str, list], names: Sequence[str], roles: Sequ
                     layers: Mapping[str, Sequence[str]], settings: Mapping[str, Any],
                     ctx: SectionContext) -> list[FigureRef]:
     figs = []
-    if kinds["map"]:
-        panels = [_matrix_panels([f for f in kinds["map"] if f["concept"] == c], roles, layers, "map_similarity", c)
-                  for c in names]
-        path, src = ctx.figure("similarity-maps.svg")
-        ctx.draw(figures.matrices, panels, path, label="concept-map correlation", cmap="PuOr", vmin=-1.0, vmax=1.0)
+    panels = [_matrix_panels([f for f in kinds["map"] if f["concept"] == c], roles, layers, "map_similarity", c)
+              for c in names if any(f["concept"] == c for f in kinds["map"])]
+    for k in range(0, len(panels), MAPS_PER_FIGURE):  # two panels a row, a page at most per figure
+        path, src = ctx.figure(f"similarity-maps-{k // MAPS_PER_FIGURE}.svg")
+        ctx.draw(figures.matrices, panels[k : k + MAPS_PER_FIGURE], path, label="concept-map correlation",
+                 cmap="PuOr", vmin=-1.0, vmax=1.0, per_row=2)
         figs.append(FigureRef(
             src=src, alt="Concept-map similarity between the layers of the two models, per concept",
             caption=("Concept-map similarity, one matrix per concept: the correlation of the two layers' maps of the "
