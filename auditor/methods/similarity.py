@@ -262,10 +262,8 @@ def run(check: SimilarityCheck, ctx: Context) -> CheckResult:
     seed = derive_seed(ctx.policy.seed, check.id)
     layers = check_layers(ctx.policy, check)
     roles = list(layers)
-    depths = {}
-    for role in roles:
-        counted = model_depths(ctx.models[role])
-        depths[role] = {layer: counted.relative(layer) for layer in layers[role]}
+    counted = {role: model_depths(ctx.models[role]) for role in roles}
+    depths = {role: {layer: counted[role].relative(layer) for layer in layers[role]} for role in roles}
     srcs = concepts_mod.sources(check, ctx, seed)
     names = [s.name for s in srcs]
     encoded = {}
@@ -300,7 +298,7 @@ def run(check: SimilarityCheck, ctx: Context) -> CheckResult:
         },
         "layers": layers,
         "depths": {r: {la: round(d, DIGITS) for la, d in depths[r].items()} for r in roles},
-        "weight_layers": {r: model_depths(ctx.models[r]).count for r in roles},
+        "weight_layers": {r: counted[r].count for r in roles},
         "depth_shifts": shifts,
         "requirements": reqs,
         "notes": notes,
