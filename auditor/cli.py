@@ -219,17 +219,22 @@ def validate(policy: Path) -> None:
 @click.option("--trust-pickle", is_flag=True, help="allow a whole pickled nn.Module (runs code from the file)")
 @_guard
 def layers(model: str, size: int | None, trust_pickle: bool) -> None:
-    """List MODEL's layers (a file, or module:factory[@weights]) with output shapes."""
+    """List MODEL's layers (a file, or module:factory[@weights]) with output shapes and relative depths."""
     from auditor.models import load_path
 
     if size is not None and not 1 <= size <= 8192:
         raise UserError(f"--size {size}: image sides are whole numbers of pixels from 1 to 8192")
     # Without --size an ONNX model takes the size its graph declares; torch models declare none (224 then).
     m = load_path(model, (3, size, size) if size else None, trust_pickle=trust_pickle)
+    from auditor.methods.similarity_depth import model_depths
+
     click.echo(f"# {m.name} ({m.framework}, input {tuple(m.input_shape)}, sha256 {m.sha256[:16]}...)")
     width = max((len(li.name) for li in m.layers()), default=10)
+    depths = model_depths(m)  # the similarity check's relative depth: weight layers up to here / all of them
+    shape_width = max((len(str(tuple(li.shape))) for li in m.layers()), default=10)
     for li in m.layers():
-        click.echo(f"{li.name:<{width}}  {li.kind:<20}  {tuple(li.shape)}")
+        click.echo(f"{li.name:<{width}}  {li.kind:<20}  {str(tuple(li.shape)):<{shape_width}}  "
+                   f"depth {depths.relative(li.name):.3f}")
 
 
 @main.command()

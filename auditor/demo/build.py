@@ -11,12 +11,18 @@ from typing import Callable
 
 from auditor.demo.colour import COLOUR_BIAS_CLASS, HUE_FAMILY
 from auditor.demo.train import MEAN, STD, train_demo_models
-from auditor.demo.world import CLASSES, SHORTCUT_CLASS, write_world
+from auditor.demo.world import CLASSES, COLOURS, SHORTCUT_CLASS, write_world
 from auditor.methods.exchangeable import WARN_SPARE_SETS
 
 # RSVC's concept layer is each model's last conv ReLU (its head starts with global average pooling, so the
 # importance through the head is exact); see the architectures in auditor/demo/train.py.
 RSVC_CONCEPT_LAYERS = {"candidate": "/features/features.11/Relu_output_0", "reference": "features.10"}
+
+# The similarity check reads every conv block's ReLU of each model (see auditor/demo/train.py), shallow to deep.
+SIMILARITY_LAYERS = {
+    "candidate": [f"/features/features.{i}/Relu_output_0" for i in (1, 4, 6, 9, 11)],
+    "reference": [f"features.{i}" for i in (1, 4, 7, 10)],
+}
 
 # Random sets are disjoint: (random_sets + 1) * set_size images must fit in the pool.
 RANDOM_SETS = 10
@@ -115,6 +121,20 @@ checks:
     forbidden: [watermark]
     require:
       - {{model: candidate, max_flagged_units: 0}}
+  # Did the candidate reorganise what it knows? Where each concept is encoded (CAV accuracy at each conv block's
+  # ReLU, by relative depth) in both models, the correlation of their concept maps, and CKA between their layers on
+  # the probe images. The colour concepts (folders, against the random pool) are the planted difference: the
+  # reference is colour-blind and sees a colour only through its luminance. The shapes (the probe set's labels)
+  # are what both models learned. Reported as measured: no requirement.
+  - id: where-concepts-live
+    method: similarity
+    severity: minor
+    layers:
+      candidate: {flow(SIMILARITY_LAYERS["candidate"])}
+      reference: {flow(SIMILARITY_LAYERS["reference"])}
+    concepts: [{", ".join(COLOURS)}]
+    labels: {prefix}world/probe/labels.csv
+    label_concepts: [{", ".join(CLASSES)}]
   # What each model represents that the other does not (RSVC), on the field images (the clean class folders carry
   # neither the watermark nor the colour bias); {COLOUR_BIAS_CLASS} carries the colour bias the colour-blind reference
   # cannot represent, square is the control class. The last layer of each list is the concept layer, all of them

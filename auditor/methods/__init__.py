@@ -11,6 +11,7 @@ from auditor.schemas import artifact_probe as _probe
 from auditor.schemas import invert as _invert
 from auditor.schemas import rsvc as _rsvc
 from auditor.schemas import sacv as _sacv
+from auditor.schemas import similarity as _sim
 from auditor.schemas import tcav as _tcav
 
 CONCEPT_KEY = ("model", "layer", "class", "concept")
@@ -50,5 +51,14 @@ METHODS: dict[str, Method] = {
             "probe": FindingKind(_invert.InvertProbeFinding, PROBE_KEY, _invert.compare_probe),
         },
         family="check", validate=Lazy("auditor.methods.invert", "validate"), default_kind="unit",
+    ),
+    "similarity": Method(
+        schema=_sim.SimilarityCheck, run=Lazy("auditor.methods.similarity", "run"), reads=Reads(layers=True),
+        findings={
+            "concept": FindingKind(_sim.ConceptDepthFinding, _sim.CONCEPT_KEY, _sim.compare_concept),
+            "cka": FindingKind(_sim.CkaFinding, _sim.CKA_KEY, _sim.compare_cka),
+            "map": FindingKind(_sim.MapFinding, _sim.MAP_KEY, _sim.compare_map),
+        },
+        family=None, validate=Lazy("auditor.methods.similarity", "validate"), default_kind="concept",
     ),
 }

