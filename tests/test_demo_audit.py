@@ -56,8 +56,9 @@ def test_tcav_cells_give_the_demos_verdicts(demo_out):
     """Every TCAV cell's verdict, exactly. The watermark is linearly decodable in both models at both layers
     (CAV accuracy 0.72-0.91) and no cell is significant after Holm under the exchangeability test
     (docs/methods-and-limits.md: the causal probe carries the verdict; TCAV shows sensitivity, which a clean model
-    can have too). The textures (striped, dotted) are not decodable in the pooled space at any audited layer (CAV
-    accuracy 0.48-0.54, under 0.6)."""
+    can have too). The textures (striped, dotted) are not decodable in the pooled space (CAV accuracy 0.50-0.57, under
+    0.6), except striped at the colour-blind reference's features.7 (0.61 on the colour world; 0.48-0.54 everywhere
+    before the reference got its luminance stage), which is learned and not significant."""
     check = _tcav(demo_out)
     verdicts = {(f["model"], f["layer"], f["concept"]): f["verdict"] for f in check["findings"]}
     layers = check["details"]["layers"]
@@ -67,16 +68,17 @@ def test_tcav_cells_give_the_demos_verdicts(demo_out):
         for layer in layers[role]
         for concept in ("watermark", "striped", "dotted")
     }
+    expected[("reference", "features.7", "striped")] = "not significant"
     assert verdicts == expected
 
 
 # The demo's truth, check by check (policies/demo.yaml, written by auditor/demo/build.py; the candidate was trained
 # with a watermark on most triangle images, the reference on clean images).
 EXPECTED_STATUS = {
-    # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.88
-    # against a neutral patch) and lowers its circle logit (0.18); the requirement allows no reliant class.
+    # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.96
+    # against a neutral patch) and lowers its circle and square logits (0.27, 0.16); the requirement allows no reliant class.
     "watermark-reliance": "FAIL",
-    # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 8
+    # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 7
     # of its 12 cells are not learned (the textures, see test_tcav_cells_give_the_demos_verdicts).
     "watermark-tcav": "WARN",
     # Informational too; WARN because the candidate's 32 x 32 ONNX layer is over the finite-difference budget: its
