@@ -82,6 +82,10 @@ def colour_verdict(out: Path, check: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "measured 2026-12-03 (docs/methods-and-limits.md, the colour world): no seed meets the rule; seed 0 and 2 have "
+    "no unique important circle concept, seed 1's has 6 of 9 green top patches and the reference has one unique "
+    "important square concept"))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rsvc_finds_the_colour_bias_unique_to_the_candidate(seed: int, tmp_path: Path) -> None:
     out = tmp_path / f"demo-{seed}"
