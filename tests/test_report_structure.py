@@ -96,3 +96,12 @@ def test_no_long_modules_or_functions() -> None:
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {n} lines")
     assert not long, "over the limits: " + "; ".join(long)
+
+
+def test_every_method_section_has_its_notes() -> None:
+    """Every SECTIONS entry says in the appendix how its method works (issue 14: each section with its notes)."""
+    from auditor.report.sections import SECTIONS
+
+    assert {"tcav", "sacv", "rsvc", "invert", "artifact_probe"} <= set(SECTIONS)
+    bare = [m for m, spec in SECTIONS.items() if not spec.text or spec.title == m]
+    assert not bare, f"sections without method notes (NOTES_TITLE, NOTES_TEXT): {bare}"

@@ -18,6 +18,23 @@ from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult, typed_findings
 from auditor.schemas.invert import InvertProbeFinding, UnitFinding
 
+# The appendix's method notes: how INVERT works, said once for the whole report.
+NOTES_TITLE = "INVERT: units explained by concept formulas"
+NOTES_TEXT = (
+    "Each unit of an audited layer is reduced to one value per probe image (its spatial mean or maximum). INVERT "
+    "labels the unit with the logical formula over the probe set's concept labels that best separates the "
+    "images where the unit is high from the rest: a formula's score is the AUC of the unit's value between the "
+    "images where the formula holds and the images where it does not. Formulas combine up to L concepts with AND, "
+    "OR and NOT and must hold for a share of the images within set bounds; a beam search of width B finds the "
+    "best one on a seeded half of the probe set. Its AUC and a Mann-Whitney test are then measured on the other "
+    "half, which the search never saw, and the p-values of every unit of the check are adjusted together (Holm). "
+    "A unit is flagged when its best formula uses a forbidden concept with a held-out AUC at or above the check's "
+    "tau and an adjusted p-value at or below its alpha. When the check names an artifact, a logit-level probe follows: each "
+    "clean image is shown once with the artifact pasted and once with a neutral patch of its own mean colour on "
+    "the same pixels, and a class relies on the artifact when the AUC of its logit, artifact versus neutral, is "
+    "beyond the threshold."
+)
+
 INVERT_LIMITS_NOTE = (
     "INVERT describes what a unit responds to on the probe set, in terms of the concepts labelled there: a unit "
     "can only be explained by a labelled concept, and a label correlated with another in the probe set (a "

@@ -16,6 +16,24 @@ from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult, typed_findings
 from auditor.schemas.rsvc import RsvcFinding
 
+# The appendix's method notes: how RSVC works, said once for the whole report.
+NOTES_TITLE = "RSVC: concepts two models share"
+NOTES_TEXT = (
+    "For each class, the images that either model predicts as the class are split into extraction and "
+    "evaluation images and cut into patches, each resized to the model's input size; a patch's activation at a "
+    "model's concept layer is the layer's spatial mean. Each model's activations on the extraction patches are "
+    "factorised into K non-negative concepts (NMF), and every concept's coefficients on the evaluation patches "
+    "are computed with the concepts fixed (non-negative least squares). A concept of one model is shared when a "
+    "Lasso regression from the other model's activations, cross-validated over images, predicts its "
+    "coefficients on held-out images (Pearson r at least the similarity threshold), and unique otherwise; each "
+    "model predicting its own concepts gives the ceiling (self similarity), and both directions are measured. A "
+    "concept is important when its importance for the class (integrated gradients of the class's "
+    "log-probability through the rest of the network with respect to the concept's coefficients, from a zero "
+    "baseline, averaged over patches and divided by the model's largest) exceeds the importance threshold. The "
+    "layerwise comparison extracts concepts at every listed layer and compares each pair of layers by the "
+    "mean-max correlation of their concepts."
+)
+
 RSVC_LIMITS_NOTE = (
     "RSVC compares what two models represent, not what they rely on: a concept is shared when the other model's "
     "activations linearly predict its coefficients on held-out images, which any salient visual pattern can be, "

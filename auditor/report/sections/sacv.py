@@ -17,6 +17,23 @@ from auditor.report.types import FigureRef, Section, SectionContext
 from auditor.results import CheckResult, typed_findings
 from auditor.schemas.sacv import SacvFinding
 
+# The appendix's method notes: how SACV works, said once for the whole report.
+NOTES_TITLE = "SACV: spatially aware concept activation vectors"
+NOTES_TEXT = (
+    "SACV trains the concept activation vector (CAV) on single positions of a convolutional layer: positions of "
+    "concept images (only where a concept mask, when given, shows the concept) against positions of random "
+    "images. On a class image, the concept is present at the positions the CAV classifies as concept; there, the "
+    "contribution is the derivative of the class logit along the CAV at that position. The spatial TCAV score of "
+    "a class is the fraction of its images whose contributions, summed over the positions where the concept is "
+    "present, are positive. As in TCAV it is computed against each of several random sets and tested either "
+    "against pseudo-concepts (sets of random images put in the concept's place, every position a concept sample, "
+    "scored exactly like it) or, with the paper's test (welch), against random-versus-random scores; the "
+    "p-values of the check's cells are adjusted together (Holm). A concept whose per-position CAVs do not reach "
+    "the accuracy threshold is reported as not learned at that layer. The contribution maps, averaged over class "
+    "images and overlaid on the images the model scores highest, show where the concept acts; with object masks, "
+    "the share of a map's absolute contribution inside the object says whether it acts on the object."
+)
+
 SACV_LIMITS_NOTE = (
     "Like TCAV, a significant spatial score says the class logit is locally sensitive to the concept direction "
     "where the concept is present; it does not show reliance (decided by causal probes). The maps are "
