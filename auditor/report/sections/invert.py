@@ -266,7 +266,6 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
     units = _appendix(need(details, "units", f"{where}: details"), f"{where}: details.units")
     if not units:
         return generic_section(check, ctx)
-    tau = float(settings["tau"])
     roles = ordered(ctx.roles, [str(u["model"]) for u in units])
     layers = _layers(details.get("layers") or {}, units, roles)
     unit_findings = [f for f in findings if isinstance(f, UnitFinding)]
@@ -312,7 +311,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
             "reduce": "spatial mean" if settings["reduce"] == "mean" else "spatial maximum",
             "length": fmt_value(settings["formula_length"]),
             "beam": fmt_value(settings["beam"]),
-            "tau": f"{tau:g}",
+            "tau": f"{float(settings['tau']):g}",
             "alpha": f"{float(settings['alpha']):g}",
             "family": fmt_value(settings["family_size"]),
             "overview": overview,
