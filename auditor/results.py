@@ -100,12 +100,26 @@ def to_dict(result: AuditResult) -> dict[str, Any]:
 
 def typed_findings(check: CheckResult) -> list[Any]:
     """The check's findings as their method's frozen dataclasses (METHODS[method]'s finding kinds), whether the
-    check holds dicts (read from results.json) or typed findings already."""
+    check holds dicts (read from results.json) or typed findings already.
+
+    A row that is not an object, lacks a field or has one the dataclass does not know is a TypeError naming
+    its index (the report turns it into one line naming the check)."""
     from auditor.methods import METHODS
     from auditor.schemas.common import finding_from_json
 
     method = METHODS[check.method]
-    return [f if is_dataclass(f) else finding_from_json(method.kind_of(f).type, f) for f in check.findings]
+    typed = []
+    for i, f in enumerate(check.findings):
+        if is_dataclass(f):
+            typed.append(f)
+            continue
+        if not isinstance(f, dict):
+            raise TypeError(f"findings[{i}] is not an object")
+        try:
+            typed.append(finding_from_json(method.kind_of(f).type, f))
+        except TypeError as exc:
+            raise TypeError(f"findings[{i}]: {exc}") from None
+    return typed
 
 
 def from_dict(d: dict[str, Any]) -> AuditResult:

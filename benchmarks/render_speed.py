@@ -51,6 +51,7 @@ def tcav_check(n: int) -> CheckResult:
                         "cav_accuracy": 0.9, "learned": True, "magnitude": 0.2,
                         "random_score_mean": 0.5, "random_score_std": 0.1, "p_one_sample": 0.2,
                         "verdict": "sensitive" if significant else "not significant",
+                        "tested": True, "cosine": 0.1 * k, "test": "welch",
                     })
     return CheckResult(
         id=f"tcav_check_{n:03d}", method="tcav", status=Status.FAIL if n % 5 == 0 else Status.PASS,

@@ -44,7 +44,8 @@ def test_thread_count_is_restored_even_when_the_block_raises() -> None:
 
 
 def _f(model: str, cls: str, j: int, sim: float, imp: float) -> dict:
-    return {"model": model, "other": "x", "class": cls, "concept": j, "similarity": sim, "importance": imp,
+    return {"model": model, "other": "x", "layer": "l", "other_layer": "l", "class": cls, "concept": j,
+            "similarity": sim, "self_similarity": 0.9, "importance": imp, "importance_raw": imp,
             "unique": sim < 0.3, "important": imp > 0.3}
 
 

@@ -406,9 +406,12 @@ def two_check_run(tiny_world, tmp_path_factory) -> Path:
     return d
 
 
-def test_case13_a_200000_character_title_renders_in_seconds_cut_where_it_repeats(two_check_run, tmp_path):
+def test_case13_a_200000_character_title_is_cut_where_it_repeats(two_check_run, tmp_path):
+    """The whole title in every running header made WeasyPrint lay the PDF out for 166 s: the title is cut in the
+    running header and the outputs that repeat it, and shown whole once up to 2,000 characters (the render's speed
+    is measured by benchmarks/render_speed.py, not asserted here)."""
     import json
-    import time
+    import re
 
     import pypdf
 
@@ -416,15 +419,17 @@ def test_case13_a_200000_character_title_renders_in_seconds_cut_where_it_repeats
     d["title"] = "T" * 100_000 + " " + "long title " * 9_091
     assert len(d["title"]) >= 200_000
     (tmp_path / "results.json").write_text(json.dumps(d))
-    start = time.monotonic()
     code, _o, err = cli("render", str(tmp_path / "results.json"))
-    took = time.monotonic() - start
     assert code == 0, err
-    assert took < 30, f"render took {took:.0f} s"  # 166 s before: the whole title in every running header
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    run_title = re.search(r'<p class="run-title">(.*?)</p>', html).group(1)
+    assert len(run_title) <= 90 and run_title.endswith("…"), run_title
+    assert "T" * 2_000 in html and "T" * 2_001 not in html  # nowhere more than the first 2,000 characters
     first_line = (tmp_path / "summary.md").read_text().splitlines()[0]
     assert len(first_line) < 200 and first_line.endswith("…")
-    text = pypdf.PdfReader(tmp_path / "report.pdf").pages[0].extract_text()
-    assert "Full title (the first 2,000 of" in text
+    pages = pypdf.PdfReader(tmp_path / "report.pdf").pages
+    assert "Full title (the first 2,000 of" in pages[0].extract_text()
+    assert "long title" not in pages[1].extract_text()  # the running header of page 2 holds the cut title only
 
 
 def test_case14_a_later_run_with_fewer_checks_leaves_no_stale_figures(two_check_run):

@@ -41,6 +41,7 @@ def _finding(model: str, layer: str, concept: str, score: float | None, learned:
         "magnitude": 0.4 if score is not None else None,
         "random_score_mean": 0.52 if learned else None, "random_score_std": 0.11 if learned else None,
         "p_one_sample": 0.01 if learned else None, "verdict": verdict,
+        "tested": learned, "cosine": 0.05 if learned else None, "test": "welch",
     }
 
 

@@ -1,4 +1,5 @@
-"""Reading results.json: load_results, and the key checks the sections read findings and details through."""
+"""Reading results.json: load_results, and the key checks the sections read details through (findings are read as
+their typed dataclasses, results.typed_findings)."""
 
 from __future__ import annotations
 

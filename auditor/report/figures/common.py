@@ -14,12 +14,14 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+T = TypeVar("T")
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies and in greyscale print.
 OKABE_ITO = (
@@ -203,6 +205,26 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def grid_shape(count: int, per_row: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``count`` small multiples, at most ``per_row`` a row (one cell for none)."""
+    n = max(count, 1)
+    cols = min(per_row, n)
+    return (n + cols - 1) // cols, cols
+
+
+def panel_grid(fig: Figure, panels: Sequence[T], rows: int, cols: int) -> tuple[Any, list[tuple[int, Any, T]]]:
+    """A ``rows`` x ``cols`` grid of axes on ``fig`` for ``panels`` in reading order: (the axes array, the
+    (index, axes, panel) of each panel); the cells past the last panel are hidden."""
+    axes = fig.subplots(rows, cols, squeeze=False)
+    cells = []
+    for i, ax in enumerate(axes.flat):
+        if i < len(panels):
+            cells.append((i, ax, panels[i]))
+        else:
+            ax.set_visible(False)
+    return axes, cells
 
 
 def _line_in(size: float, lines: int = 1) -> float:

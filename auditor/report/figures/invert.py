@@ -21,6 +21,8 @@ from auditor.report.figures.common import (
     _new_figure,
     _save,
     decode_png,
+    grid_shape,
+    panel_grid,
     short_labels,
     wrap_hard,
     written_whole,
@@ -112,16 +114,9 @@ def unit_distributions(panels: Sequence[DistPanel], out: Path, *, title: str) ->
     Shares (not counts) so that the smaller group is visible; well separated distributions are a real AUC.
     """
     with matplotlib.rc_context(_RC):
-        n = max(len(panels), 1)
-        cols = min(3, n)
-        rows = (n + cols - 1) // cols
+        rows, cols = grid_shape(len(panels))
         fig = _new_figure(PAGE_WIDTH_IN, 0.5 + 1.75 * rows)
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            if i >= len(panels):
-                ax.set_visible(False)
-                continue
-            p = panels[i]
+        for i, ax, p in panel_grid(fig, panels, rows, cols)[1]:
             edges = np.asarray(p.edges, float)
             for counts, colour in ((p.without_formula, WITHOUT_COLOUR), (p.with_formula, WITH_COLOUR)):
                 c = np.asarray(counts, float)

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from auditor.report.figures.common import (
-    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, decode_png, role_colours, save_png_only,
+    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, decode_png, grid_shape, panel_grid, role_colours, save_png_only,
     short_labels, shorten, wrap_hard,
 )
 
@@ -227,21 +227,15 @@ def layerwise_heatmap(panels: Sequence[LayerwisePanel], out: Path) -> Path:
     """Mean-max concept similarity between every layer of one model (rows, shallow at the top) and every layer of
     the other (columns), one panel per class; values printed in the cells; viridis 0..1."""
     with matplotlib.rc_context(_RC):
-        n = max(len(panels), 1)
-        per_row = min(n, 3)
-        lines = (n + per_row - 1) // per_row
+        lines, per_row = grid_shape(len(panels))
         n_rows = max([len(p.rows) for p in panels], default=1)
         n_cols = max([len(p.columns) for p in panels], default=1)
         width = min(PAGE_WIDTH_IN, per_row * (1.2 + 0.75 * n_cols) + 0.9)
         fig = Figure(figsize=(width, lines * (1.1 + 0.33 * n_rows) + 0.4), layout="constrained")
         FigureCanvasAgg(fig)
-        axes = fig.subplots(lines, per_row, squeeze=False)
+        axes, cells = panel_grid(fig, panels, lines, per_row)
         image = None
-        for i, ax in enumerate(axes.flat):
-            if i >= len(panels):
-                ax.set_visible(False)
-                continue
-            p = panels[i]
+        for _i, ax, p in cells:
             m = np.asarray(p.mmcs, float)
             image = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
             for (y, x), v in np.ndenumerate(m):

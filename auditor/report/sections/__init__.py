@@ -30,10 +30,10 @@ class SectionSpec:
 # Method name -> its section; methods not listed get the generic section.
 SECTIONS: dict[str, SectionSpec] = {
     "tcav": SectionSpec(tcav.tcav_section, tcav.NOTES_TITLE, tcav.NOTES_TEXT),
-    "sacv": SectionSpec(sacv.sacv_section, "sacv"),
+    "sacv": SectionSpec(sacv.sacv_section, sacv.NOTES_TITLE, sacv.NOTES_TEXT),
     "artifact_probe": SectionSpec(artifact_probe.artifact_probe_section, artifact_probe.NOTES_TITLE, artifact_probe.NOTES_TEXT),
-    "invert": SectionSpec(invert.invert_section, "invert"),
-    "rsvc": SectionSpec(rsvc.rsvc_section, "rsvc"),
+    "invert": SectionSpec(invert.invert_section, invert.NOTES_TITLE, invert.NOTES_TEXT),
+    "rsvc": SectionSpec(rsvc.rsvc_section, rsvc.NOTES_TITLE, rsvc.NOTES_TEXT),
     "similarity": SectionSpec(similarity.similarity_section, similarity.NOTES_TITLE, similarity.NOTES_TEXT),
 }
 

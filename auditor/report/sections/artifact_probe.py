@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from auditor.report.figures import artifact_probe as probe_figures
@@ -12,7 +11,8 @@ from auditor.report.format import fmt_num, fmt_share, fmt_value, ordered, placem
 from auditor.report.loading import need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
+from auditor.schemas.artifact_probe import ProbeFinding
 
 PROBE_LIMITS_NOTE = (
     "The probe measures what pasting the artifact does to each class logit, against a neutral patch on the same "
@@ -32,41 +32,14 @@ NOTES_TEXT = (
 )
 
 
-@dataclass(frozen=True)
-class _ProbeRow:
-    model: str
-    cls: str
-    auc: float | None
-    reliant: bool
-    effect: str
-    shift: float | None
-    flipped_to: float | None
-    changed: float | None
-    n_pairs: Any
-
-
-def _probe_row(finding: Any, where: str) -> _ProbeRow:
-    for key in ("model", "class", "auc", "reliant"):
-        need(finding, key, where)
-    auc = finding["auc"]
-    return _ProbeRow(
-        model=str(finding["model"]),
-        cls=str(finding["class"]),
-        auc=None if auc is None else float(auc),
-        reliant=bool(finding["reliant"]),
-        effect=str(finding.get("effect") or "—"),
-        shift=finding.get("mean_logit_shift"),
-        flipped_to=finding.get("flipped_to_class"),
-        changed=finding.get("prediction_changed"),
-        n_pairs=finding.get("n_pairs"),
-    )
-
+def _auc(r: ProbeFinding) -> float | None:
+    return None if r.auc is None else float(r.auc)
 
 
 MAX_PROBE_FIGURE_CLASSES = 30
 
 
-def _probe_table(rows: Sequence[_ProbeRow], classes: Sequence[str], roles: Sequence[str]) -> list[dict[str, Any]]:
+def _probe_table(rows: Sequence[ProbeFinding], classes: Sequence[str], roles: Sequence[str]) -> list[dict[str, Any]]:
     """The findings table of the probe section: a row per class, a cell per model."""
     # A row per class, a column group per model: the reviewer reads the candidate and the reference side by side,
     # and the table has a third of the cells of a row per (model, class).
@@ -80,35 +53,35 @@ def _probe_table(rows: Sequence[_ProbeRow], classes: Sequence[str], roles: Seque
             if r is None:
                 cells.append({"auc": ["not computed"], "reliant": False, "shift": "—", "flipped_to": "—"})
                 continue
-            auc = [fmt_num(r.auc)]
+            auc = [fmt_num(_auc(r))]
             if r.reliant:
-                auc.append(f"reliant · {r.effect}")
+                auc.append(f"reliant · {r.effect or '—'}")
             if len(common_pairs) > 1:
                 auc.append(f"{fmt_value(r.n_pairs)} pairs")
-            cells.append({"auc": auc, "reliant": r.reliant, "shift": fmt_num(r.shift),
-                          "flipped_to": fmt_share(r.flipped_to)})
+            cells.append({"auc": auc, "reliant": bool(r.reliant), "shift": fmt_num(r.mean_logit_shift),
+                          "flipped_to": fmt_share(r.flipped_to_class)})
         table.append({"class": cls, "cells": cells})
     return table
 
 
-def _figure_classes(rows: Sequence[_ProbeRow], classes: Sequence[str]) -> list[str]:
+def _figure_classes(rows: Sequence[ProbeFinding], classes: Sequence[str]) -> list[str]:
     """The classes the figure shows: all, or the MAX_PROBE_FIGURE_CLASSES the artifact moves most."""
     shown = list(classes)
     if len(classes) > MAX_PROBE_FIGURE_CLASSES:
         def strength(cls: str) -> tuple[bool, float]:
             mine = [r for r in rows if r.cls == cls]
-            return (any(r.reliant for r in mine), max((abs(r.auc - 0.5) for r in mine if r.auc is not None),
+            return (any(r.reliant for r in mine), max((abs(float(r.auc) - 0.5) for r in mine if r.auc is not None),
                                                       default=0.0))
         keep = set(sorted(classes, key=strength, reverse=True)[:MAX_PROBE_FIGURE_CLASSES])
         shown = [c for c in classes if c in keep]
     return shown
 
 
-def _changed(rows: Sequence[_ProbeRow], roles: Sequence[str]) -> list[tuple[str, str]]:
+def _changed(rows: Sequence[ProbeFinding], roles: Sequence[str]) -> list[tuple[str, str]]:
     """(model, share of predictions the artifact changed) for the models that report it."""
     changed = []
     for role in roles:
-        shares = [r.changed for r in rows if r.model == role and r.changed is not None]
+        shares = [r.prediction_changed for r in rows if r.model == role and r.prediction_changed is not None]
         if shares:
             changed.append((role, fmt_share(shares[0])))
     return changed
@@ -125,12 +98,12 @@ def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
     image = str(need(artifact, "image", f"{where}: details.settings.artifact"))
     threshold = float(settings["threshold"])
     direction = str(settings["direction"])
-    rows = [_probe_row(f, f"{where}: findings[{i}]") for i, f in enumerate(check.findings)]
+    rows = typed_findings(check)
     if not rows:
         return generic_section(check, ctx)
 
-    roles = ordered(ctx.roles, [r.model for r in rows])
-    classes = list(dict.fromkeys(r.cls for r in rows))
+    roles = ordered(ctx.roles, [str(r.model) for r in rows])
+    classes = list(dict.fromkeys(str(r.cls) for r in rows))
     band = f"above {threshold:g}" + (f" or below {1 - threshold:g}" if direction == "both" else "")
 
     # Many classes (an ImageNet model tests 1000) would not fit one figure: it shows the classes the artifact
@@ -141,7 +114,8 @@ def artifact_probe_section(check: CheckResult, ctx: SectionContext) -> Section:
     ctx.draw_sized(
         probe_figures.artifact_auc_size(shown, roles, threshold=threshold, direction=direction, title=title),
         probe_figures.artifact_auc,
-        [probe_figures.AucBar(model=r.model, cls=r.cls, auc=r.auc, reliant=r.reliant) for r in rows if r.cls in shown],
+        [probe_figures.AucBar(model=str(r.model), cls=str(r.cls), auc=_auc(r), reliant=bool(r.reliant))
+         for r in rows if r.cls in shown],
         shown, roles, path, threshold=threshold, direction=direction, title=title,
     )
     subset = (

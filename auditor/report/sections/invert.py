@@ -15,7 +15,25 @@ from auditor.report.format import fmt_num, fmt_p, fmt_share, fmt_value, ordered,
 from auditor.report.loading import ResultsError, need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
+from auditor.schemas.invert import InvertProbeFinding, UnitFinding
+
+# The appendix's method notes: how INVERT works, said once for the whole report.
+NOTES_TITLE = "INVERT: units explained by concept formulas"
+NOTES_TEXT = (
+    "Each unit of an audited layer is reduced to one value per probe image (its spatial mean or maximum). INVERT "
+    "labels the unit with the logical formula over the probe set's concept labels that best separates the "
+    "images where the unit is high from the rest: a formula's score is the AUC of the unit's value between the "
+    "images where the formula holds and the images where it does not. Formulas combine up to L concepts with AND, "
+    "OR and NOT and must hold for a share of the images within set bounds; a beam search of width B finds the "
+    "best one on a seeded half of the probe set. Its AUC and a Mann-Whitney test are then measured on the other "
+    "half, which the search never saw, and the p-values of every unit of the check are adjusted together (Holm). "
+    "A unit is flagged when its best formula uses a forbidden concept with a held-out AUC at or above the check's "
+    "tau and an adjusted p-value at or below its alpha. When the check names an artifact, a logit-level probe follows: each "
+    "clean image is shown once with the artifact pasted and once with a neutral patch of its own mean colour on "
+    "the same pixels, and a class relies on the artifact when the AUC of its logit, artifact versus neutral, is "
+    "beyond the threshold."
+)
 
 INVERT_LIMITS_NOTE = (
     "INVERT describes what a unit responds to on the probe set, in terms of the concepts labelled there: a unit "
@@ -72,7 +90,7 @@ def _overview(units: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: 
     return overview
 
 
-def _probe(probe: Sequence[Mapping[str, Any]], roles: Sequence[str], settings: Mapping[str, Any],
+def _probe(probe: Sequence[InvertProbeFinding], roles: Sequence[str], settings: Mapping[str, Any],
            ctx: SectionContext) -> tuple[FigureRef | None, list[dict[str, Any]]]:
     """The logit-level probe INVERT ran: its figure and table (None and [] without a probe)."""
     probe_fig = None
@@ -81,13 +99,13 @@ def _probe(probe: Sequence[Mapping[str, Any]], roles: Sequence[str], settings: M
     if probe and isinstance(artifact, Mapping):
         threshold = float(settings.get("threshold", 0.7))
         direction = str(settings.get("direction", "raise"))
-        classes = list(dict.fromkeys(str(f["class"]) for f in probe))
-        probe_roles = ordered(roles, [str(f["model"]) for f in probe])
+        classes = list(dict.fromkeys(str(f.cls) for f in probe))
+        probe_roles = ordered(roles, [str(f.model) for f in probe])
         path, src = ctx.figure("invert-probe.svg")
         ctx.draw(
             probe_figures.artifact_auc,
-            [probe_figures.AucBar(model=str(f["model"]), cls=str(f["class"]),
-                            auc=None if f["auc"] is None else float(f["auc"]), reliant=bool(f["reliant"]))
+            [probe_figures.AucBar(model=str(f.model), cls=str(f.cls),
+                                  auc=None if f.auc is None else float(f.auc), reliant=bool(f.reliant))
              for f in probe],
             classes, probe_roles, path, threshold=threshold, direction=direction,
             title=f"Artifact {shorten(str(artifact.get('image', '')), 80)}",
@@ -103,28 +121,28 @@ def _probe(probe: Sequence[Mapping[str, Any]], roles: Sequence[str], settings: M
             ),
         )
         probe_table = [
-            {"model": str(f["model"]), "class": str(f["class"]), "auc": fmt_num(f["auc"]),
-             "effect": str(f.get("effect") or "—"), "reliant": "yes" if f["reliant"] else "no",
-             "is_reliant": bool(f["reliant"]), "shift": fmt_num(f.get("mean_logit_shift")),
-             "flipped_to": fmt_share(f.get("flipped_to_class")), "new_model": False}
-            for f in sorted(probe, key=lambda f: (probe_roles.index(str(f["model"])), classes.index(str(f["class"]))))
+            {"model": str(f.model), "class": str(f.cls), "auc": fmt_num(f.auc),
+             "effect": str(f.effect or "—"), "reliant": "yes" if f.reliant else "no",
+             "is_reliant": bool(f.reliant), "shift": fmt_num(f.mean_logit_shift),
+             "flipped_to": fmt_share(f.flipped_to_class), "new_model": False}
+            for f in sorted(probe, key=lambda f: (probe_roles.index(str(f.model)), classes.index(str(f.cls))))
         ]
         for i, row in enumerate(probe_table):
             row["new_model"] = i > 0 and probe_table[i - 1]["model"] != row["model"]
     return probe_fig, probe_table
 
 
-def _flagged(role: str, unit_findings: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]],
+def _flagged(role: str, unit_findings: Sequence[UnitFinding], units: Sequence[Mapping[str, Any]],
              evidence: Sequence[Mapping[str, Any]], layers: Mapping[str, Sequence[str]], where: str,
              ctx: SectionContext) -> tuple[dict[str, Any], list[FigureRef]]:
     """One model's flagged units: their table, and the figures of their evidence (distributions, top images)."""
     depth = {layer: i for i, layer in enumerate(layers[role])}
-    flagged = sorted((f for f in unit_findings if f["model"] == role and f["flagged"]),
-                     key=lambda f: (-(f["auc"] or 0.0), depth.get(f["layer"], 0), f["unit"]))
+    flagged = sorted((f for f in unit_findings if f.model == role and f.flagged),
+                     key=lambda f: (-(f.auc or 0.0), depth.get(f.layer, 0), f.unit))
     table = [
-        {"layer": str(f["layer"]), "unit": fmt_value(f["unit"]), "formula": str(f["formula"]),
-         "auc": fmt_num(f["auc"]), "support": fmt_value(f["support"]),
-         "fraction": fmt_share(f.get("fraction")), "p_adj": fmt_p(f["p_adjusted"])}
+        {"layer": str(f.layer), "unit": fmt_value(f.unit), "formula": str(f.formula),
+         "auc": fmt_num(f.auc), "support": fmt_value(f.support),
+         "fraction": fmt_share(f.fraction), "p_adj": fmt_p(f.p_adjusted)}
         for f in flagged
     ]
     mine = [e for e in evidence if e.get("model") == role]
@@ -224,19 +242,6 @@ def _settings_rows(settings: Mapping[str, Any], probe: bool) -> list[tuple[str, 
     return settings_rows
 
 
-def _findings(findings: Sequence[Any], where: str) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """(unit findings, probe findings), each checked for the keys the section reads."""
-    unit_findings = [f for f in findings if isinstance(f, Mapping) and f.get("kind") == "unit"]
-    probe = [f for f in findings if isinstance(f, Mapping) and f.get("kind") == "probe"]
-    for i, f in enumerate(unit_findings):
-        for key in ("model", "layer", "unit", "formula", "auc", "support", "p_adjusted", "flagged"):
-            need(f, key, f"{where}: unit finding {i}")
-    for i, f in enumerate(probe):
-        for key in ("model", "class", "auc", "reliant"):
-            need(f, key, f"{where}: probe finding {i}")
-    return unit_findings, probe
-
-
 def _layers(layers_declared: Mapping[str, Any], units: Sequence[Mapping[str, Any]],
             roles: Sequence[str]) -> dict[str, list[str]]:
     """Each model's layers: the declared order first, then any other layer the units name."""
@@ -251,7 +256,8 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
     """INVERT: unit overview, flagged units with their evidence, the logit probe, requirements, appendix table."""
     where = f"check {check.id!r} (invert)"
     details = check.details
-    if not details and not check.findings:  # nothing was computed (e.g. a check with no units): say so plainly
+    findings = typed_findings(check)
+    if not details and not findings:  # nothing was computed (e.g. a check with no units): say so plainly
         return generic_section(check, ctx)
     settings = need(details, "settings", f"{where}: details")
     for key in ("concepts", "forbidden", "n_images", "n_search", "n_eval", "reduce", "formula_length", "beam",
@@ -260,11 +266,11 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
     units = _appendix(need(details, "units", f"{where}: details"), f"{where}: details.units")
     if not units:
         return generic_section(check, ctx)
-    tau = float(settings["tau"])
     roles = ordered(ctx.roles, [str(u["model"]) for u in units])
     layers = _layers(details.get("layers") or {}, units, roles)
-    unit_findings, probe = _findings(check.findings, where)
-    forbidden_units = {(f["model"], f["layer"], f["unit"]) for f in unit_findings if f.get("forbidden")}
+    unit_findings = [f for f in findings if isinstance(f, UnitFinding)]
+    probe = [f for f in findings if isinstance(f, InvertProbeFinding)]
+    forbidden_units = {(f.model, f.layer, f.unit) for f in unit_findings if f.forbidden}
 
     figs: list[FigureRef] = []
     # 1. Every unit at a glance.
@@ -305,7 +311,7 @@ def invert_section(check: CheckResult, ctx: SectionContext) -> Section:
             "reduce": "spatial mean" if settings["reduce"] == "mean" else "spatial maximum",
             "length": fmt_value(settings["formula_length"]),
             "beam": fmt_value(settings["beam"]),
-            "tau": f"{tau:g}",
+            "tau": f"{float(settings['tau']):g}",
             "alpha": f"{float(settings['alpha']):g}",
             "family": fmt_value(settings["family_size"]),
             "overview": overview,

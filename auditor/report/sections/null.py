@@ -9,16 +9,16 @@ from typing import Any
 
 from auditor.report.figures import null as figures_null
 from auditor.report.figures.common import shorten
+from auditor.schemas.tcav import ConceptFinding
 
 STATISTIC_LABELS = {"score": "TCAV score (pseudo-concepts)", "cosine": "cosine sensitivity (pseudo-concepts)"}
 CENTRES = {"score": 0.5, "cosine": 0.0}
 
 
-def null_panels(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]], statistic: str,
-                what: str = "score") -> list[figures_null.NullPanel]:
-    """One panel per entry of details["null"], with the learned cells of that (model, layer, class) marked."""
+def null_panels(details: Mapping[str, Any], findings: Sequence[ConceptFinding],
+                statistic: str) -> list[figures_null.NullPanel]:
+    """One panel per entry of details["null"], with the tested cells of that (model, layer, class) marked."""
     key = "scores" if statistic == "score" else "cosines"
-    value_key = what if statistic == "score" else "cosine"
     layers = details.get("layers") or {}
     relative = {f"{a} vs {b}" for a, b in (details.get("settings") or {}).get("relative") or []}
     panels = []
@@ -29,10 +29,11 @@ def null_panels(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]
         # The layer by its number in the findings grid (the grid gives full names; long ones collide in a panel title).
         number = f"layer {order.index(layer) + 1}" if layer in order else shorten(layer, 16)
         marks = tuple(
-            figures_null.Mark(str(f["concept"]), float(f[value_key]), f.get("p_value"), bool(f["significant"]))
+            figures_null.Mark(str(f.concept), float(value), f.p_value, bool(f.significant))
             for f in findings
-            if f["model"] == role and f["layer"] == layer and f["class"] == cls and f.get("tested", f["learned"])
-            and f.get(value_key) is not None and (f["concept"] in relative) == (kind == "relative")
+            if f.model == role and f.layer == layer and f.cls == cls and f.tested
+            and (value := f.score if statistic == "score" else f.cosine) is not None
+            and (f.concept in relative) == (kind == "relative")
         )
         panels.append(figures_null.NullPanel(
             title=f"{role} · {number} · {cls}" + (" · pairs" if kind == "relative" else ""), values=tuple(float(v) for v in n[key]),
@@ -41,7 +42,7 @@ def null_panels(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]
     return panels
 
 
-def null_figure(details: Mapping[str, Any], findings: Sequence[Mapping[str, Any]], ctx: Any,
+def null_figure(details: Mapping[str, Any], findings: Sequence[ConceptFinding], ctx: Any,
                 concepts: Sequence[str]) -> tuple[str, str, str] | None:
     """Draw the check's null figure through the section context; (src, alt, caption), or None without a null."""
     settings = details.get("settings") or {}

@@ -13,7 +13,26 @@ from auditor.report.format import fmt_num, fmt_value, ordered, slug
 from auditor.report.loading import need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
+from auditor.schemas.rsvc import RsvcFinding
+
+# The appendix's method notes: how RSVC works, said once for the whole report.
+NOTES_TITLE = "RSVC: concepts two models share"
+NOTES_TEXT = (
+    "For each class, the images that either model predicts as the class are split into extraction and "
+    "evaluation images and cut into patches, each resized to the model's input size; a patch's activation at a "
+    "model's concept layer is the layer's spatial mean. Each model's activations on the extraction patches are "
+    "factorised into K non-negative concepts (NMF), and every concept's coefficients on the evaluation patches "
+    "are computed with the concepts fixed (non-negative least squares). A concept of one model is shared when a "
+    "Lasso regression from the other model's activations, cross-validated over images, predicts its "
+    "coefficients on held-out images (Pearson r at least the similarity threshold), and unique otherwise; each "
+    "model predicting its own concepts gives the ceiling (self similarity), and both directions are measured. A "
+    "concept is important when its importance for the class (integrated gradients of the class's "
+    "log-probability through the rest of the network with respect to the concept's coefficients, from a zero "
+    "baseline, averaged over patches and divided by the model's largest) exceeds the importance threshold. The "
+    "layerwise comparison extracts concepts at every listed layer and compares each pair of layers by the "
+    "mean-max correlation of their concepts."
+)
 
 RSVC_LIMITS_NOTE = (
     "RSVC compares what two models represent, not what they rely on: a concept is shared when the other model's "
@@ -25,8 +44,6 @@ RSVC_LIMITS_NOTE = (
     "activations: small or scale-specific patterns can be lost when patches are enlarged to the input size, and "
     "with few images per class similarities are noisy (compare them with the self baselines)."
 )
-FINDING_KEYS = ("model", "other", "layer", "class", "concept", "similarity", "self_similarity", "importance",
-                "unique", "important")
 
 
 def _marks(collages: Mapping[str, Any]) -> dict[str, list[tuple[float, float]]]:
@@ -37,29 +54,29 @@ def _marks(collages: Mapping[str, Any]) -> dict[str, list[tuple[float, float]]]:
     }
 
 
-def _scatter(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequence[str], models: Mapping[str, Any],
+def _scatter(ci: int, cls: str, rows: Sequence[RsvcFinding], present: Sequence[str], models: Mapping[str, Any],
              entry: dict[str, Any], tau_sim: float, tau_imp: float, ctx: SectionContext) -> FigureRef:
     """The similarity-vs-importance scatter of a class (a panel per model); adds each model's numbers to entry."""
     panels = []
     for role in present:
-        mine = sorted((f for f in rows if f["model"] == role), key=lambda f: f["concept"])
-        other = str(mine[0]["other"])
+        mine = sorted((f for f in rows if f.model == role), key=lambda f: f.concept)
+        other = str(mine[0].other)
         panels.append(figures_rsvc.ScatterPanel(
             title=f"{role}'s concepts, looked for in {other}", role=role,
             points=tuple(figures_rsvc.ConceptPoint(
-                concept=int(f["concept"]), similarity=float(f["similarity"]),
-                self_similarity=float(f["self_similarity"]), importance=float(f["importance"]),
-                unique=bool(f["unique"]), important=bool(f["important"])) for f in mine),
+                concept=int(f.concept), similarity=float(f.similarity),
+                self_similarity=float(f.self_similarity), importance=float(f.importance),
+                unique=bool(f.unique), important=bool(f.important)) for f in mine),
         ))
         m = models.get(role) or {}
         entry["models"].append({
-            "role": role, "layer": str(mine[0]["layer"]), "other": other,
+            "role": role, "layer": str(mine[0].layer), "other": other,
             "mean_similarity": fmt_num(m.get("mean_similarity")),
             "mean_self_similarity": fmt_num(m.get("mean_self_similarity")),
             "nnls_error": fmt_num(m.get("nnls_error_evaluation")),
             "head_top1": fmt_num(m.get("head_top1_agreement")),
             "head_logp": fmt_num(m.get("head_mean_abs_logp_diff"), 3),
-            "unique_important": sum(1 for f in mine if f["unique"] and f["important"]),
+            "unique_important": sum(1 for f in mine if f.unique and f.important),
         })
     path, src = ctx.figure(f"rsvc-{ci}-{slug(cls, 20)}-scatter.svg")
     ctx.draw(figures_rsvc.similarity_importance, panels, path, tau_sim=tau_sim, tau_imp=tau_imp)
@@ -78,12 +95,12 @@ def _scatter(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
     return scatter
 
 
-def _gallery(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequence[str], models: Mapping[str, Any],
+def _gallery(ci: int, cls: str, rows: Sequence[RsvcFinding], present: Sequence[str], models: Mapping[str, Any],
              concept_layers: Mapping[str, Any], ctx: SectionContext) -> FigureRef:
     """The concept gallery of a class: every concept's top patches, a column per model."""
     columns = []
     for role in present:
-        found = {(f["concept"]): f for f in rows if f["model"] == role}
+        found = {(f.concept): f for f in rows if f.model == role}
         gallery_rows = []
         for c in (models.get(role) or {}).get("concepts") or []:
             j = int(c["concept"])
@@ -91,9 +108,9 @@ def _gallery(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
             if f is None:
                 continue
             gallery_rows.append(figures_rsvc.GalleryRow(
-                label=f"#{j}  sim {float(f['similarity']):.2f}\nimp {float(f['importance']):+.2f}",
+                label=f"#{j}  sim {float(f.similarity):.2f}\nimp {float(f.importance):+.2f}",
                 pngs=tuple(str(p["png"]) for p in c.get("top") or []),
-                flagged=bool(f["unique"] and f["important"]),
+                flagged=bool(f.unique and f.important),
             ))
         columns.append((f"{role} ({figures_rsvc.shorten(str(concept_layers.get(role, '')), 28)})", gallery_rows))
     per_row = max([len(r.pngs) for _, rows_ in columns for r in rows_], default=1)
@@ -110,18 +127,18 @@ def _gallery(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
     return gallery
 
 
-def _details(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequence[str], models: Mapping[str, Any],
+def _details(ci: int, cls: str, rows: Sequence[RsvcFinding], present: Sequence[str], models: Mapping[str, Any],
              ctx: SectionContext) -> list[tuple[tuple[str, str, int], FigureRef]]:
     """The detail figure of every unique and important concept of a class, keyed by (model, class, concept)."""
     out: list[tuple[tuple[str, str, int], FigureRef]] = []
     for role in present:
         for c in (models.get(role) or {}).get("concepts") or []:
             j = int(c["concept"])
-            f = next((x for x in rows if x["model"] == role and int(x["concept"]) == j), None)
+            f = next((x for x in rows if x.model == role and int(x.concept) == j), None)
             col = c.get("collages")
-            if f is None or not (f["unique"] and f["important"]) or not col:
+            if f is None or not (f.unique and f.important) or not col:
                 continue
-            other = str(f["other"])
+            other = str(f.other)
             path, src = ctx.figure(f"rsvc-{ci}-{slug(cls, 20)}-{slug(role, 12)}-{j}.png")
             ctx.draw(
                 figures_rsvc.concept_detail,
@@ -129,9 +146,9 @@ def _details(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
                 [str(p["png"]) for p in col.get("under") or []],
                 [float(v) for v in col.get("real") or []], [float(v) for v in col.get("predicted") or []],
                 _marks(col), path,
-                title=(f"{role} concept #{j}, class {cls}: similarity {float(f['similarity']):.2f} in {other} "
-                       f"(self {float(f['self_similarity']):.2f}), importance {float(f['importance']):.2f}"),
-                similarity=float(f["similarity"]), other=other,
+                title=(f"{role} concept #{j}, class {cls}: similarity {float(f.similarity):.2f} in {other} "
+                       f"(self {float(f.self_similarity):.2f}), importance {float(f.importance):.2f}"),
+                similarity=float(f.similarity), other=other,
             )
             fig = FigureRef(
                 src=src, alt=f"Collages and real-versus-predicted scatter of {role} concept {j}, class {cls}",
@@ -148,16 +165,16 @@ def _details(ci: int, cls: str, rows: Sequence[Mapping[str, Any]], present: Sequ
     return out
 
 
-def _table(rows: Sequence[Mapping[str, Any]], present: Sequence[str]) -> list[dict[str, Any]]:
+def _table(rows: Sequence[RsvcFinding], present: Sequence[str]) -> list[dict[str, Any]]:
     """The concept table of a class, by model and concept."""
     table: list[dict[str, Any]] = []
     role_i = {r: i for i, r in enumerate(present)}
-    for f in sorted(rows, key=lambda f: (role_i.get(f["model"], 99), int(f["concept"]))):
-        flagged = bool(f["unique"] and f["important"])
+    for f in sorted(rows, key=lambda f: (role_i.get(f.model, 99), int(f.concept))):
+        flagged = bool(f.unique and f.important)
         table.append({
-            "model": f["model"], "concept": f"#{f['concept']}", "similarity": fmt_num(f["similarity"]),
-            "self": fmt_num(f["self_similarity"]), "importance": fmt_num(f["importance"]),
-            "quadrant": figures_rsvc.quadrant(bool(f["unique"]), bool(f["important"])),
+            "model": f.model, "concept": f"#{f.concept}", "similarity": fmt_num(f.similarity),
+            "self": fmt_num(f.self_similarity), "importance": fmt_num(f.importance),
+            "quadrant": figures_rsvc.quadrant(bool(f.unique), bool(f.important)),
             "flagged": flagged, "new_model": False,
         })
     for i, row in enumerate(table):
@@ -231,16 +248,16 @@ def lead(check: CheckResult, figures: Mapping[tuple[str, str, int], Any]) -> dic
     """{"concepts": [...], "sources": [...]}: one item per unique important concept, most important first;
     `figures` maps (model, class, concept) to the concept's detail FigureRef."""
     labelled = check.details.get("labelled") or {}
-    rows = sorted((f for f in check.findings if f["unique"] and f["important"]),
-                  key=lambda f: (-float(f["importance"]), str(f["class"]), int(f["concept"])))
+    rows = sorted((f for f in typed_findings(check) if f.unique and f.important),
+                  key=lambda f: (-float(f.importance), str(f.cls), int(f.concept)))
     items = []
     for f in rows:
-        role, cls, j = str(f["model"]), str(f["class"]), int(f["concept"])
+        role, cls, j = str(f.model), str(f.cls), int(f.concept)
         text, covered, top = _matches(labelled, role, cls, j)
         items.append({
             "title": f"{role} concept #{j}, class {cls}",
-            "model": role, "other": str(f["other"]), "class": cls, "concept": j,
-            "similarity": f"{float(f['similarity']):.2f}", "importance": f"{float(f['importance']):.2f}",
+            "model": role, "other": str(f.other), "class": cls, "concept": j,
+            "similarity": f"{float(f.similarity):.2f}", "importance": f"{float(f.importance):.2f}",
             "figure": figures.get((role, cls, j)),
             "labels": text,
             "coverage": (f"{covered} of its {top} top patches come from labelled images" if covered
@@ -259,13 +276,11 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
                 "crop_px", "patches_per_image", "images"):
         need(settings, key, f"{where}: details.settings")
     classes_detail = need(details, "classes", f"{where}: details")
-    for i, f in enumerate(check.findings):
-        for key in FINDING_KEYS:
-            need(f, key, f"{where}: findings[{i}]")
-    if not check.findings and not classes_detail:
+    findings = typed_findings(check)
+    if not findings and not classes_detail:
         return generic_section(check, ctx)
     tau_sim, tau_imp = float(settings["tau_sim"]), float(settings["tau_imp"])
-    roles = ordered(ctx.roles, [str(f["model"]) for f in check.findings] + list(settings.get("models") or []))
+    roles = ordered(ctx.roles, [str(f.model) for f in findings] + list(settings.get("models") or []))
     concept_layers = details.get("concept_layers") or {}
     figs: list[FigureRef] = []
     detail_refs: dict[tuple[str, str, int], FigureRef] = {}  # what the section leads with (lead)
@@ -273,7 +288,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
     order = ordered([str(k) for k in settings.get("classes") or []], list(classes_detail))
     for ci, cls in enumerate(order):
         info = classes_detail[cls]
-        rows = [f for f in check.findings if f["class"] == cls]
+        rows = [f for f in findings if f.cls == cls]
         entry: dict[str, Any] = {
             "name": cls, "skipped": info.get("skipped"), "candidates": fmt_value(info.get("candidates")),
             "extraction": fmt_value(info.get("extraction_images")), "evaluation": fmt_value(info.get("evaluation_images")),
@@ -284,7 +299,7 @@ def rsvc_section(check: CheckResult, ctx: SectionContext) -> Section:
         if info.get("skipped") or not rows:
             continue
         models = info.get("models") or {}
-        present = [r for r in roles if any(f["model"] == r for f in rows)]
+        present = [r for r in roles if any(f.model == r for f in rows)]
         scatter = _scatter(ci, cls, rows, present, models, entry, tau_sim, tau_imp, ctx)
         entry["figures"].append(scatter)
         figs.append(scatter)

@@ -14,7 +14,25 @@ from auditor.report.loading import need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.sections.null import null_figure
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
+from auditor.schemas.sacv import SacvFinding
+
+# The appendix's method notes: how SACV works, said once for the whole report.
+NOTES_TITLE = "SACV: spatially aware concept activation vectors"
+NOTES_TEXT = (
+    "SACV trains the concept activation vector (CAV) on single positions of a convolutional layer: positions of "
+    "concept images (only where a concept mask, when given, shows the concept) against positions of random "
+    "images. On a class image, the concept is present at the positions the CAV classifies as concept; there, the "
+    "contribution is the derivative of the class logit along the CAV at that position. The spatial TCAV score of "
+    "a class is the fraction of its images whose contributions, summed over the positions where the concept is "
+    "present, are positive. As in TCAV it is computed against each of several random sets and tested either "
+    "against pseudo-concepts (sets of random images put in the concept's place, every position a concept sample, "
+    "scored exactly like it) or, with the paper's test (welch), against random-versus-random scores; the "
+    "p-values of the check's cells are adjusted together (Holm). A concept whose per-position CAVs do not reach "
+    "the accuracy threshold is reported as not learned at that layer. The contribution maps, averaged over class "
+    "images and overlaid on the images the model scores highest, show where the concept acts; with object masks, "
+    "the share of a map's absolute contribution inside the object says whether it acts on the object."
+)
 
 SACV_LIMITS_NOTE = (
     "Like TCAV, a significant spatial score says the class logit is locally sensitive to the concept direction "
@@ -34,21 +52,21 @@ def _group(cls: str, concept: str) -> str:
     return f"{concept}\nclass {cls}"
 
 
-def _score_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+def _score_figures(rows: Sequence[SacvFinding], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
                    settings: Mapping[str, Any], threshold: float, ctx: SectionContext) -> list[FigureRef]:
     """One figure of spatial TCAV score bars per model."""
     figs: list[FigureRef] = []
     for ri, role in enumerate(roles):
-        mine = [f for f in rows if f["model"] == role]
+        mine = [f for f in rows if f.model == role]
         bars = [
             tcav_figures.TcavBar(
-                group=_group(str(f["class"]), str(f["concept"])), layer=str(f["layer"]), score=f.get("score"),
-                std=f.get("score_std"), random_mean=f.get("random_score_mean"), random_std=f.get("random_score_std"),
-                significant=bool(f["significant"]), learned=bool(f["learned"]),
+                group=_group(str(f.cls), str(f.concept)), layer=str(f.layer), score=f.score,
+                std=f.score_std, random_mean=f.random_score_mean, random_std=f.random_score_std,
+                significant=bool(f.significant), learned=bool(f.learned),
             )
             for f in mine
         ]
-        present = list(dict.fromkeys((str(f["class"]), str(f["concept"])) for f in mine))
+        present = list(dict.fromkeys((str(f.cls), str(f.concept)) for f in mine))
         path, src = ctx.figure(f"sacv-{ri}-{slug(role, 20)}.svg")
         name = ctx.model_names.get(role, "")
         ctx.draw(tcav_figures.tcav_scores, bars, [_group(*p) for p in present], layers[role], path,
@@ -66,7 +84,7 @@ def _score_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], laye
     return figs
 
 
-def _map_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+def _map_figures(rows: Sequence[SacvFinding], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
                  pairs: Sequence[tuple[str, str]], details: Mapping[str, Any], settings: Mapping[str, Any],
                  ctx: SectionContext) -> list[FigureRef]:
     """A grid of contribution maps per (class, concept): a row per model and layer."""
@@ -81,8 +99,8 @@ def _map_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers
                               and m.get("class") == cls and m.get("concept") == concept), None)
                 if entry is None:
                     continue
-                share = next((f.get("inside_mask_share") for f in rows if f["model"] == role
-                              and f["layer"] == layer and f["class"] == cls and f["concept"] == concept), None)
+                share = next((f.inside_mask_share for f in rows if f.model == role
+                              and f.layer == layer and f.cls == cls and f.concept == concept), None)
                 overlays = entry.get("overlays") or []
                 grid_rows.append(figures_sacv.MapRow(
                     label=_label(role, layer),
@@ -112,7 +130,7 @@ def _map_figures(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers
     return figs
 
 
-def _table(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+def _table(rows: Sequence[SacvFinding], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
            pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """The findings table: by model, (class, concept) and layer."""
     role_i = {role: i for i, role in enumerate(roles)}
@@ -120,16 +138,16 @@ def _table(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapp
     layer_i = {(role, lay): i for role in roles for i, lay in enumerate(layers[role])}
     table: list[dict[str, Any]] = [
         {
-            "model": str(f["model"]), "layer": str(f["layer"]), "class": str(f["class"]), "concept": str(f["concept"]),
-            "score": fmt_pm(f.get("score"), f.get("score_std")),
-            "random": fmt_pm(f.get("random_score_mean"), f.get("random_score_std")),
-            "p_adj": fmt_p(f.get("p_adjusted")), "cav_acc": fmt_num(f.get("cav_accuracy")),
-            "cosine": fmt_num(f.get("cosine"), 3), "p_raw": fmt_p(f.get("p_value")),
-            "inside": fmt_share(f.get("inside_mask_share")), "verdict": str(f["verdict"]),
-            "verdict_class": slug(str(f["verdict"])), "new_model": False,
+            "model": str(f.model), "layer": str(f.layer), "class": str(f.cls), "concept": str(f.concept),
+            "score": fmt_pm(f.score, f.score_std),
+            "random": fmt_pm(f.random_score_mean, f.random_score_std),
+            "p_adj": fmt_p(f.p_adjusted), "cav_acc": fmt_num(f.cav_accuracy),
+            "cosine": fmt_num(f.cosine, 3), "p_raw": fmt_p(f.p_value),
+            "inside": fmt_share(f.inside_mask_share), "verdict": str(f.verdict),
+            "verdict_class": slug(str(f.verdict)), "new_model": False,
         }
-        for f in sorted(rows, key=lambda f: (role_i[f["model"]], pair_i[(f["class"], f["concept"])],
-                                             layer_i[(f["model"], f["layer"])]))
+        for f in sorted(rows, key=lambda f: (role_i[f.model], pair_i[(f.cls, f.concept)],
+                                             layer_i[(f.model, f.layer)]))
     ]
     for i, row in enumerate(table):
         row["new_model"] = i > 0 and table[i - 1]["model"] != row["model"]
@@ -144,20 +162,17 @@ def sacv_section(check: CheckResult, ctx: SectionContext) -> Section:
     for key in ("random_sets", "set_size", "alpha", "test", "map_images"):
         need(settings, key, f"{where}: details.settings")
     threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
-    rows = check.findings
+    rows = typed_findings(check)
     if not rows:
         return generic_section(check, ctx)
-    for i, f in enumerate(rows):
-        for key in ("model", "layer", "class", "concept", "significant", "learned", "verdict"):
-            need(f, key, f"{where}: findings[{i}]")
 
-    roles = ordered(ctx.roles, [str(f["model"]) for f in rows])
+    roles = ordered(ctx.roles, [str(f.model) for f in rows])
     declared = details.get("layers") or {}
     layers = {
-        role: ordered([str(x) for x in declared.get(role, [])], [str(f["layer"]) for f in rows if f["model"] == role])
+        role: ordered([str(x) for x in declared.get(role, [])], [str(f.layer) for f in rows if f.model == role])
         for role in roles
     }
-    pairs = list(dict.fromkeys((str(f["class"]), str(f["concept"])) for f in rows))
+    pairs = list(dict.fromkeys((str(f.cls), str(f.concept)) for f in rows))
 
     figs = _score_figures(rows, roles, layers, settings, threshold, ctx)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,9 @@ from auditor.report.loading import need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.sections.null import null_figure
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
+from auditor.schemas.common import ABSENT
+from auditor.schemas.tcav import ConceptFinding
 
 TCAV_CLAIM = (
     "A significant TCAV score says the class logit is locally sensitive to the concept direction at that layer; "
@@ -40,54 +41,18 @@ NOTES_TEXT = (
 )
 
 
-@dataclass(frozen=True)
-class _TcavRow:
-    model: str
-    layer: str
-    cls: str
-    concept: str
-    score: float | None
-    score_std: float | None
-    p_value: float | None
-    p_adjusted: float | None
-    significant: bool
-    cav_accuracy: float | None
-    learned: bool
-    random_mean: float | None
-    random_std: float | None
-    verdict: str
-    other: str | None = None  # exchangeable: the other statistic and its raw p, as the cell prints it
+def _given(value: object) -> object:
+    """A finding field results.json has only under some settings, as None when this one lacks it."""
+    return None if value is ABSENT else value
 
 
-def _other_statistic(finding: Any) -> str | None:
-    if finding.get("test") != "exchangeable" or not finding.get("learned"):
+def _other_statistic(f: ConceptFinding) -> str | None:
+    """Under the exchangeability test, the statistic that did not decide and its raw p, as the cell prints it."""
+    if f.test != "exchangeable" or not f.learned:
         return None
-    if finding.get("statistic") == "cosine":
-        return f"score {fmt_num(finding.get('score'))} (p {fmt_p(finding.get('score_p_value'))})"
-    return f"cosine {fmt_num(finding.get('cosine'), 3)} (p {fmt_p(finding.get('cosine_p_value'))})"
-
-
-def _tcav_row(finding: Any, where: str) -> _TcavRow:
-    for key in ("model", "layer", "class", "concept", "significant", "learned", "verdict"):
-        need(finding, key, where)
-    return _TcavRow(
-        model=str(finding["model"]),
-        layer=str(finding["layer"]),
-        cls=str(finding["class"]),
-        concept=str(finding["concept"]),
-        score=finding.get("score"),
-        score_std=finding.get("score_std"),
-        p_value=finding.get("p_value"),
-        p_adjusted=finding.get("p_adjusted"),
-        significant=bool(finding["significant"]),
-        cav_accuracy=finding.get("cav_accuracy"),
-        learned=bool(finding["learned"]),
-        random_mean=finding.get("random_score_mean"),
-        random_std=finding.get("random_score_std"),
-        verdict=str(finding["verdict"]),
-        other=_other_statistic(finding),
-    )
-
+    if f.statistic == "cosine":
+        return f"score {fmt_num(f.score)} (p {fmt_p(_given(f.score_p_value))})"
+    return f"cosine {fmt_num(f.cosine, 3)} (p {fmt_p(_given(f.cosine_p_value))})"
 
 
 _SPACE_WORDS = {
@@ -100,7 +65,7 @@ def _group_label(pair: tuple[str, str]) -> str:
     return f"{pair[1]}\nclass {pair[0]}"
 
 
-def _draw_scores(rows: Sequence[_TcavRow], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+def _draw_scores(rows: Sequence[ConceptFinding], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
                  pairs: Sequence[tuple[str, str]], ctx: SectionContext) -> tuple[Path, str]:
     """Draw the TCAV figure (a panel of score bars per model); (path, src) of it."""
     panels = []
@@ -111,7 +76,7 @@ def _draw_scores(rows: Sequence[_TcavRow], roles: Sequence[str], layers: Mapping
             bars=tuple(
                 tcav_figures.TcavBar(
                     group=_group_label((r.cls, r.concept)), layer=r.layer, score=r.score, std=r.score_std,
-                    random_mean=r.random_mean, random_std=r.random_std, significant=r.significant,
+                    random_mean=r.random_score_mean, random_std=r.random_score_std, significant=r.significant,
                     learned=r.learned,
                 )
                 for r in rows if r.model == role
@@ -139,7 +104,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
     for key in ("cav", "space", "random_sets", "set_size", "alpha", "test"):
         need(settings, key, f"{where}: details.settings")
     threshold = float(settings.get("min_cav_accuracy", DEFAULT_MIN_CAV_ACCURACY))
-    rows = [_tcav_row(f, f"{where}: findings[{i}]") for i, f in enumerate(check.findings)]
+    rows = typed_findings(check)
     if not rows:
         return generic_section(check, ctx)
 
@@ -167,7 +132,7 @@ def tcav_section(check: CheckResult, ctx: SectionContext) -> Section:
             f"{fmt_value(settings['random_sets'])} random sets. The numbers are in the table below."
         ),
     ),)
-    null = null_figure(details, check.findings, ctx, concepts)
+    null = null_figure(details, rows, ctx, concepts)
     if null is not None:
         figs += (FigureRef(src=null[0], alt=null[1], caption=null[2]),)
 
@@ -202,7 +167,7 @@ TCAV_GRID_COLUMNS = 4
 _TCAV_MARKS = {"sensitive": "★ sensitive", "significant-low": "★ below random"}
 
 
-def _tcav_cell(r: _TcavRow | None, random_in_cell: bool, accuracy_in_cell: bool) -> dict[str, Any]:
+def _tcav_cell(r: ConceptFinding | None, random_in_cell: bool, accuracy_in_cell: bool) -> dict[str, Any]:
     """One finding as a grid cell: ``lines`` (printed one under the other) and a css class for its verdict."""
     if r is None:
         return {"lines": ["not computed"], "cls": "v-none"}
@@ -211,20 +176,21 @@ def _tcav_cell(r: _TcavRow | None, random_in_cell: bool, accuracy_in_cell: bool)
         if r.significant:
             head += " " + _TCAV_MARKS.get(r.verdict, f"★ {r.verdict}")
         lines = [head, f"p {fmt_p(r.p_value)} · adj. {fmt_p(r.p_adjusted)}"]
-        if r.other is not None:  # exchangeable: the statistic that did not decide, with its raw p
-            lines.append(r.other)
+        other = _other_statistic(r)
+        if other is not None:  # exchangeable: the statistic that did not decide, with its raw p
+            lines.append(other)
     else:
         # Not learned: the CAV accuracy that says so is in the accuracy row (or the cell's last line).
         lines = [r.verdict if r.verdict == "not learned" else f"{r.verdict}: no score"]
     if random_in_cell:
-        lines.append(f"random {fmt_pm(r.random_mean, r.random_std)}")
+        lines.append(f"random {fmt_pm(r.random_score_mean, r.random_score_std)}")
     if accuracy_in_cell:
         lines.append(f"CAV acc. {fmt_num(r.cav_accuracy)}")
     return {"lines": lines, "cls": f"v-{slug(r.verdict)}"}
 
 
 def _tcav_grid(
-    rows: Sequence[_TcavRow], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+    rows: Sequence[ConceptFinding], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
     pairs: Sequence[tuple[str, str]], classes: Sequence[str], concepts: Sequence[str],
 ) -> tuple[list[dict[str, Any]], bool, bool]:
     """The findings grid of a TCAV section: blocks of (model, up to TCAV_GRID_COLUMNS layers).
@@ -239,11 +205,11 @@ def _tcav_grid(
     # a row without the numbers (None) does not contradict the others.
     random_values: dict[tuple[str, str, str], set[tuple[Any, Any]]] = {}
     accuracy_values: dict[tuple[str, str, str], set[Any]] = {}
-    random_of: dict[tuple[str, str, str], _TcavRow] = {}
-    accuracy_of: dict[tuple[str, str, str], _TcavRow] = {}
+    random_of: dict[tuple[str, str, str], ConceptFinding] = {}
+    accuracy_of: dict[tuple[str, str, str], ConceptFinding] = {}
     for r in rows:
-        if r.random_mean is not None or r.random_std is not None:
-            random_values.setdefault((r.model, r.layer, r.cls), set()).add((r.random_mean, r.random_std))
+        if r.random_score_mean is not None or r.random_score_std is not None:
+            random_values.setdefault((r.model, r.layer, r.cls), set()).add((r.random_score_mean, r.random_score_std))
             random_of.setdefault((r.model, r.layer, r.cls), r)
         if r.cav_accuracy is not None:
             accuracy_values.setdefault((r.model, r.layer, r.concept), set()).add(r.cav_accuracy)
@@ -271,7 +237,7 @@ def _tcav_grid(
                     lines = []
                     for cls in classes:
                         r = random_of.get((role, layer, cls))
-                        lines.append(f"{cls} {fmt_pm(r.random_mean, r.random_std) if r else '—'}")
+                        lines.append(f"{cls} {fmt_pm(r.random_score_mean, r.random_score_std) if r else '—'}")
                     cells.append({"lines": lines, "cls": ""})
                 grid_rows.append({"kind": "random", "class": "", "concept": "", "first": True, "cells": cells})
             if shared_accuracy:
