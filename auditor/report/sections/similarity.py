@@ -11,7 +11,7 @@ from auditor.report.format import fmt_num, fmt_value
 from auditor.report.loading import need, requirements
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
 
 MAPS_PER_FIGURE = 6
 
@@ -38,27 +38,27 @@ LIMITS = (
 )
 
 
-def _kinds(rows: Sequence[Mapping[str, Any]], where: str) -> dict[str, list[Mapping[str, Any]]]:
-    out: dict[str, list[Mapping[str, Any]]] = {"concept": [], "cka": [], "map": []}
-    for i, f in enumerate(rows):
-        kind = str(need(f, "kind", f"{where}: findings[{i}]"))
-        out.setdefault(kind, []).append(f)
+def _kinds(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    """The typed findings by kind (ConceptDepthFinding, CkaFinding, MapFinding)."""
+    out: dict[str, list[Any]] = {"concept": [], "cka": [], "map": []}
+    for f in rows:
+        out.setdefault(f.kind, []).append(f)
     return out
 
 
-def _depth_figure(concepts: Sequence[Mapping[str, Any]], names: Sequence[str], roles: Sequence[str],
+def _depth_figure(concepts: Sequence[Any], names: Sequence[str], roles: Sequence[str],
                   threshold: float, ctx: SectionContext) -> FigureRef:
     panels = []
     for c in names:
         curves = []
         for role in roles:
-            mine = sorted((f for f in concepts if f["concept"] == c and f["model"] == role),
-                          key=lambda f: float(f["relative_depth"]))
+            mine = sorted((f for f in concepts if f.concept == c and f.model == role),
+                          key=lambda f: float(f.relative_depth))
             if mine:
                 curves.append(figures.DepthCurve(
-                    role=role, depths=tuple(float(f["relative_depth"]) for f in mine),
-                    accuracies=tuple(float(f["cav_accuracy"]) for f in mine),
-                    best=next(i for i, f in enumerate(mine) if f["best"])))
+                    role=role, depths=tuple(float(f.relative_depth) for f in mine),
+                    accuracies=tuple(float(f.cav_accuracy) for f in mine),
+                    best=next(i for i, f in enumerate(mine) if f.best)))
         panels.append(figures.DepthPanel(concept=c, curves=tuple(curves)))
     path, src = ctx.figure("similarity-depth.svg")
     ctx.draw(figures.depth_curves, panels, path, threshold=threshold)
@@ -71,15 +71,15 @@ def _depth_figure(concepts: Sequence[Mapping[str, Any]], names: Sequence[str], r
     )
 
 
-def _matrix_panels(rows: Sequence[Mapping[str, Any]], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
+def _matrix_panels(rows: Sequence[Any], roles: Sequence[str], layers: Mapping[str, Sequence[str]],
                    key: str, title: str, marked: bool = False) -> figures.MatrixPanel:
     a, b = roles
-    values = {(f["layer_a"], f["layer_b"]): float(f[key]) for f in rows}
+    values = {(f.layer_a, f.layer_b): float(getattr(f, key)) for f in rows}
     return figures.MatrixPanel(
         title=title, row_model=a, rows=tuple(layers[a]), col_model=b, columns=tuple(layers[b]),
         values=tuple(tuple(values.get((la, lb), float("nan")) for lb in layers[b]) for la in layers[a]),
         marked=tuple((i, j) for i, la in enumerate(layers[a]) for j, lb in enumerate(layers[b])
-                     if marked and any(f["layer_a"] == la and f["layer_b"] == lb and f["matched"] for f in rows)),
+                     if marked and any(f.layer_a == la and f.layer_b == lb and f.matched for f in rows)),
     )
 
 
@@ -87,8 +87,8 @@ def _matrix_figures(kinds: Mapping[str, list], names: Sequence[str], roles: Sequ
                     layers: Mapping[str, Sequence[str]], settings: Mapping[str, Any],
                     ctx: SectionContext) -> list[FigureRef]:
     figs = []
-    panels = [_matrix_panels([f for f in kinds["map"] if f["concept"] == c], roles, layers, "map_similarity", c)
-              for c in names if any(f["concept"] == c for f in kinds["map"])]
+    panels = [_matrix_panels([f for f in kinds["map"] if f.concept == c], roles, layers, "map_similarity", c)
+              for c in names if any(f.concept == c for f in kinds["map"])]
     for k in range(0, len(panels), MAPS_PER_FIGURE):  # two panels a row, a page at most per figure
         path, src = ctx.figure(f"similarity-maps-{k // MAPS_PER_FIGURE}.svg")
         ctx.draw(figures.matrices, panels[k : k + MAPS_PER_FIGURE], path, label="concept-map correlation",
@@ -136,16 +136,17 @@ def similarity_section(check: CheckResult, ctx: SectionContext) -> Section:
     settings = need(details, "settings", f"{where}: details")
     roles = [str(r) for r in need(settings, "models", f"{where}: details.settings")]
     layers = need(details, "layers", f"{where}: details")
-    if not check.findings or len(roles) != 2:
+    rows = typed_findings(check)
+    if not rows or len(roles) != 2:
         return generic_section(check, ctx)
-    kinds = _kinds(check.findings, where)
+    kinds = _kinds(rows)
     names = [str(s["concept"]) for s in details.get("depth_shifts") or []]
     threshold = float(settings.get("min_cav_accuracy", 0.6))
     figs = [_depth_figure(kinds["concept"], names, roles, threshold, ctx)]
     figs += _matrix_figures(kinds, names, roles, layers, settings, ctx)
-    matched = [{"layer_a": str(f["layer_a"]), "depth_a": fmt_num(f["relative_depth_a"]), "layer_b": str(f["layer_b"]),
-                "depth_b": fmt_num(f["relative_depth_b"]), "cka": fmt_num(f["cka"]),
-                "cka_debiased": fmt_num(f["cka_debiased"])} for f in kinds["cka"] if f["matched"]]
+    matched = [{"layer_a": str(f.layer_a), "depth_a": fmt_num(f.relative_depth_a), "layer_b": str(f.layer_b),
+                "depth_b": fmt_num(f.relative_depth_b), "cka": fmt_num(f.cka),
+                "cka_debiased": fmt_num(f.cka_debiased)} for f in kinds["cka"] if f.matched]
     counts = details.get("weight_layers") or {}
     return Section(
         block="similarity", check=check, anchor=ctx.stem, figures=tuple(figs),
