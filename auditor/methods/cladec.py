@@ -202,6 +202,8 @@ def run(check: CladecCheck, ctx: Context) -> CheckResult:
             "training_images": len(r.x), "images": check.images.folder if check.images else "data.classes",
             "artifact": check.artifact.model_dump() if check.artifact else None,
             "n_pairs": 0 if r.paired is None else len(r.paired.artifact),
+            # The tightest absolute bound of the requirements: the report draws it on the retention bars.
+            "max_retention": min((q.max_retention for q in check.require if q.max_retention is not None), default=None),
         },
         "models": models,
         "layers": layers_by_model,

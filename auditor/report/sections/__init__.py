@@ -12,6 +12,7 @@ from pathlib import Path
 from auditor.report.format import slug
 from auditor.report.loading import ResultsError
 from auditor.report.sections import artifact_probe, invert, rsvc, sacv, tcav
+from auditor.report.sections import cladec
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureJob, Section, SectionBuilder, SectionContext
 from auditor.results import AuditResult, CheckResult, Status
@@ -34,6 +35,7 @@ SECTIONS: dict[str, SectionSpec] = {
     "artifact_probe": SectionSpec(artifact_probe.artifact_probe_section, artifact_probe.NOTES_TITLE, artifact_probe.NOTES_TEXT),
     "invert": SectionSpec(invert.invert_section, "invert"),
     "rsvc": SectionSpec(rsvc.rsvc_section, "rsvc"),
+    "cladec": SectionSpec(cladec.cladec_section, cladec.NOTES_TITLE, cladec.NOTES_TEXT),
 }
 
 
