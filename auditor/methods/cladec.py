@@ -23,7 +23,7 @@ from auditor.methods import cladec_images as ci
 from auditor.methods.cladec_core import (
     Fitted, Settings, cache_key, cache_path, cached, effective_alpha, from_model, to_model_np, train_cladec,
 )
-from auditor.methods.cladec_measure import autoencode, decode, mse, retention, top1_agreement
+from auditor.methods.cladec_measure import autoencode, decode, mean_saturation, mse, retention, top1_agreement
 from auditor.methods.cladec_reference import fresh_encoder, train_reference
 from auditor.methods.cladec_validate import TorchSide, torch_side
 from auditor.methods.requirements import met_summary, requirement_line
@@ -62,6 +62,7 @@ class _Run:
         labels = hashlib.sha256(self.train.labels.tobytes()).hexdigest()
         self.images_key = f"{self.train.images.fingerprint}:{labels}"
         self.seconds: dict[str, float] = {}
+        self.saturation: dict[tuple[str, str, str], float] = {}  # (model, layer, decoder) -> mean saturation
 
     def fit(self, kind: str, key_model: str, layer: str, alpha: float, train, encoder=None) -> Fitted:
         key = cache_key(key_model, layer, kind, self.settings, alpha, self.images_key)
@@ -110,6 +111,7 @@ def _model_rows(run: _Run, role: str, layers: list[str], side: TorchSide) -> tup
             ret = _retention_of(decode(fitted, np.asarray(art_acts[layer])), decode(fitted, np.asarray(neu_acts[layer])),
                                 run.paired, pre)
         agree = top1_agreement(model.predict(to_model_np(recon, pre)), logits)
+        run.saturation[(role, layer, "cladec")] = mean_saturation(recon)
         rows.append({"model": role, "layer": layer, "decoder": "cladec", "mse": _round(mse(recon, run.x01)),
                      "top1_agreement": _round(agree), "retention": ret})
         cell = {"cladec": ci.pngs(decode(fitted, _grid_acts(run, a, None if art_acts is None else art_acts[layer]))),
@@ -122,8 +124,10 @@ def _model_rows(run: _Run, role: str, layers: list[str], side: TorchSide) -> tup
             if run.paired is not None:
                 ret_ae = _retention_of(autoencode(ae, from_model(run.paired.artifact, pre), pre),
                                        autoencode(ae, from_model(run.paired.neutral, pre), pre), run.paired, pre)
+            recon_ae = autoencode(ae, run.x01, pre)
+            run.saturation[(role, layer, "reference_ae")] = mean_saturation(recon_ae)
             rows.append({"model": role, "layer": layer, "decoder": "reference_ae",
-                         "mse": _round(mse(autoencode(ae, run.x01, pre), run.x01)), "top1_agreement": None,
+                         "mse": _round(mse(recon_ae, run.x01)), "top1_agreement": None,
                          "retention": ret_ae})
             cell["reference_ae"] = ci.pngs(autoencode(ae, from_model(run.grid_x, pre), pre))
         grids[layer] = cell
@@ -209,6 +213,11 @@ def run(check: CladecCheck, ctx: Context) -> CheckResult:
         "layers": layers_by_model,
         "grid": {"originals": ci.pngs(grid_x01),
                  "pasted": [False] * len(r.grid.training) + [True] * len(r.grid.pasted), "recon": grids},
+        # Mean HSV saturation of the reconstructions of the training images (and of the images themselves): a
+        # model that cannot see hue (the demo's colour-blind reference) decodes to greys.
+        "saturation": {"original": _round(mean_saturation(r.x01)),
+                       "decoded": [{"model": m, "layer": la, "decoder": d, "saturation": _round(v)}
+                                   for (m, la, d), v in r.saturation.items()]},
         "requirements": reqs,
         "notes": notes,
     }
