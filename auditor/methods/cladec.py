@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from auditor import threads
 from auditor.context import Context, derive_seed
 from auditor.methods import cladec_images as ci
 from auditor.methods.cladec_core import (
@@ -75,7 +76,8 @@ class _Run:
 def _acts(run: _Run, role: str, layers: list[str]) -> tuple[dict, dict | None, dict | None]:
     """The layer activations of the training images and of both halves of the pairs (from the store)."""
     store, model = run.ctx.store, run.ctx.models[role]
-    train = store.acts(model, layers, run.train.images)
+    # In memory (the store hands read-only memmaps, which torch refuses to wrap without a copy anyway).
+    train = {k: np.array(v) for k, v in store.acts(model, layers, run.train.images).items()}
     if run.paired is None:
         return train, None, None
     p = run.paired
@@ -83,7 +85,7 @@ def _acts(run: _Run, role: str, layers: list[str]) -> tuple[dict, dict | None, d
                              lambda: p.artifact)
     neu = store.derived_acts(model, layers, f"cladec-pairs:{run.check.id}:neutral", f"{p.fingerprint}:neutral",
                              lambda: p.neutral)
-    return train, art, neu
+    return train, {k: np.array(v) for k, v in art.items()}, {k: np.array(v) for k, v in neu.items()}
 
 
 def _grid_acts(run: _Run, train: np.ndarray, art: np.ndarray | None) -> np.ndarray:
@@ -176,6 +178,10 @@ def _summary(reqs: list[dict], rows: list[dict], layers_by_model: dict[str, list
     return "; ".join(parts)
 
 
+# One torch thread for the demo's 64 px models: benchmarks/cladec_cost.py, one epoch of the demo's 8 trainings at
+# load 7-8 on the shared 2 cores: 1 thread 30.4 / 29.4 CPU-s (108 / 60 s wall), 2 threads 58.8 CPU-s (111 s):
+# the second thread doubles the CPU and buys no time (as RSVC measured, auditor/threads.py).
+@threads.small_model_threads
 def run(check: CladecCheck, ctx: Context) -> CheckResult:
     layers_by_model = check_layers(ctx.policy, check)
     r = _Run(check, ctx)

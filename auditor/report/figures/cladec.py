@@ -77,7 +77,10 @@ def retention_bars(bars: Sequence[RetentionBar], roles: Sequence[str], out: Path
     """Horizontal bars, one row per (model, layer), ClaDec solid and the reference auto-encoder hatched beside it;
     0: the layer drops the artifact, 1: it keeps it whole; the requirement's bound as a dashed line."""
     keys = list(dict.fromkeys((b.model, b.layer) for b in bars))
-    labels = dict(zip(keys, short_labels([f"{m}: {layer}" for m, layer in keys], 44)))
+    labels = {}
+    for role in dict.fromkeys(m for m, _ in keys):  # the model's name whole, its layers told apart
+        mine = [layer for m, layer in keys if m == role]
+        labels.update({(role, layer): f"{shorten(role, 14)}: {short}" for layer, short in zip(mine, short_labels(mine, 30))})
     colours = role_colours(roles)
     by = {(b.model, b.layer, b.decoder): b.retention for b in bars}
     with matplotlib.rc_context(_RC):
