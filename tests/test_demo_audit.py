@@ -78,6 +78,9 @@ EXPECTED_STATUS = {
     # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.96
     # against a neutral patch) and lowers its circle and square logits (0.27, 0.16); the requirement allows no reliant class.
     "watermark-reliance": "FAIL",
+    # ClaDec: the candidate's decoder at its deepest layer keeps the pasted watermark (retention 0.52 at seed 0,
+    # 2026-12-03), above the requirement's 0.3; within 0.1 of the reference's 0.47, so the relative one is met.
+    "watermark-decoded": "FAIL",
     # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 7
     # of its 12 cells are not learned (the textures, see test_tcav_cells_give_the_demos_verdicts).
     "watermark-tcav": "WARN",
@@ -107,7 +110,7 @@ def test_every_check_gives_the_demos_expected_status(demo_out):
     # junit.xml: the FAILs as failures, the WARNs as passing testcases that say WARN, nothing skipped or in error.
     suite = ET.parse(demo_out / "report" / "junit.xml").getroot()
     counts = [suite.get(k) for k in ("tests", "failures", "errors", "skipped")]
-    assert counts == ["6", "2", "0", "0"]
+    assert counts == ["7", "3", "0", "0"]
     for case in suite.iter("testcase"):
         status = EXPECTED_STATUS[case.get("name")]
         assert (case.find("failure") is not None) == (status == "FAIL"), case.get("name")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from auditor.demo.colour import COLOUR_BIAS_CLASS, HUE_FAMILY
-from auditor.demo.train import MEAN, STD, train_demo_models
+from auditor.demo.train import CANDIDATE_MODULE_LAYERS, MEAN, STD, train_demo_models
 from auditor.demo.world import CLASSES, COLOURS, SHORTCUT_CLASS, write_world
 from auditor.methods.exchangeable import WARN_SPARE_SETS
 
@@ -85,6 +85,22 @@ checks:
     direction: both
     require:
       - {{model: candidate, max_reliant_classes: 0}}
+  # What does each layer keep of the image? ClaDec decodes each audited layer back to an image (trained on the
+  # field images, as the deployed models meet them) next to a reference auto-encoder of the same shape; the
+  # candidate is ONNX, so its TorchScript twin carries the classification term and the reference auto-encoder.
+  # Retention: the watermark pasted vs a neutral patch on clean images, as the probe pastes it.
+  - id: watermark-decoded
+    method: cladec
+    severity: major
+    images: {{folder: {prefix}world/field}}
+    images_per_class: 60
+    torch_twins:
+      candidate: {{path: {prefix}models/candidate.pt, layers: {flow(list(CANDIDATE_MODULE_LAYERS))}}}
+    artifact: {{image: {prefix}world/watermark.png, position: bottom-right, margin: 0.05}}
+    pairs_per_class: 15
+    require:
+      - {{model: candidate, max_retention: 0.3}}
+      - {{model: candidate, max_retention_vs: reference, margin: 0.1}}
   # Supporting evidence, reported as it is: is the {SHORTCUT_CLASS} logit locally sensitive to the watermark
   # direction? TCAV cannot show reliance (a clean model can be sensitive too), so it carries no requirement.
   - id: watermark-tcav

@@ -8,6 +8,7 @@ imports no torch and no numerics: run/validate/correct are resolved when called.
 from auditor.methods.descriptor import FindingKind, Lazy, Method, Reads
 # Schemas by module under other names: `auditor.methods.tcav` etc. must stay the method modules.
 from auditor.schemas import artifact_probe as _probe
+from auditor.schemas import cladec as _cladec
 from auditor.schemas import invert as _invert
 from auditor.schemas import rsvc as _rsvc
 from auditor.schemas import sacv as _sacv
@@ -60,5 +61,10 @@ METHODS: dict[str, Method] = {
             "map": FindingKind(_sim.MapFinding, _sim.MAP_KEY, _sim.compare_map),
         },
         family=None, validate=Lazy("auditor.methods.similarity", "validate"), default_kind="concept",
+    ),
+    "cladec": Method(
+        schema=_cladec.CladecCheck, run=Lazy("auditor.methods.cladec", "run"), reads=Reads(layers=True),
+        findings={"": FindingKind(_cladec.CladecFinding, ("model", "layer", "decoder"), _cladec.compare)},
+        family=None, validate=Lazy("auditor.methods.cladec_validate", "validate"),
     ),
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from auditor.report.format import slug
 from auditor.report.loading import ResultsError
-from auditor.report.sections import artifact_probe, invert, rsvc, sacv, similarity, tcav
+from auditor.report.sections import artifact_probe, cladec, invert, rsvc, sacv, similarity, tcav
 from auditor.report.sections.generic import generic_section
 from auditor.report.types import FigureJob, Section, SectionBuilder, SectionContext
 from auditor.results import AuditResult, CheckResult, Status
@@ -35,6 +35,7 @@ SECTIONS: dict[str, SectionSpec] = {
     "invert": SectionSpec(invert.invert_section, invert.NOTES_TITLE, invert.NOTES_TEXT),
     "rsvc": SectionSpec(rsvc.rsvc_section, rsvc.NOTES_TITLE, rsvc.NOTES_TEXT),
     "similarity": SectionSpec(similarity.similarity_section, similarity.NOTES_TITLE, similarity.NOTES_TEXT),
+    "cladec": SectionSpec(cladec.cladec_section, cladec.NOTES_TITLE, cladec.NOTES_TEXT),
 }
 
 
