@@ -10,7 +10,7 @@ from auditor.report.figures import cladec as cladec_figures
 from auditor.report.format import fmt_num, fmt_share, ordered
 from auditor.report.loading import need, requirements
 from auditor.report.types import FigureRef, Section, SectionContext
-from auditor.results import CheckResult
+from auditor.results import CheckResult, typed_findings
 
 LIMITS = (
     "A decoder shows what can be decoded from the layer: a lower bound on what the layer holds. A detail missing "
@@ -80,8 +80,7 @@ def _grids(check: CheckResult, ctx: SectionContext, roles: list[str], layers: Ma
 
 
 def _retention_figure(check: CheckResult, ctx: SectionContext, roles: list[str]) -> FigureRef | None:
-    bars = [cladec_figures.RetentionBar(str(f["model"]), str(f["layer"]), str(f["decoder"]), f.get("retention"))
-            for f in check.findings]
+    bars = [cladec_figures.RetentionBar(f.model, f.layer, f.decoder, f.retention) for f in typed_findings(check)]
     if all(b.retention is None for b in bars):
         return None
     bound = (check.details.get("settings") or {}).get("max_retention")
@@ -96,10 +95,10 @@ def _retention_figure(check: CheckResult, ctx: SectionContext, roles: list[str])
 
 
 def _table(check: CheckResult, roles: list[str]) -> list[dict[str, str]]:
-    rows = sorted(check.findings, key=lambda f: roles.index(f["model"]) if f["model"] in roles else len(roles))
-    return [{"model": str(f["model"]), "layer": str(f["layer"]), "decoder": DECODER_NAMES.get(f["decoder"], f["decoder"]),
-             "mse": fmt_num(f.get("mse"), 4), "top1": fmt_share(f.get("top1_agreement")),
-             "retention": fmt_num(f.get("retention"))} for f in rows]
+    rows = sorted(typed_findings(check), key=lambda f: roles.index(f.model) if f.model in roles else len(roles))
+    return [{"model": f.model, "layer": f.layer, "decoder": DECODER_NAMES.get(f.decoder, f.decoder),
+             "mse": fmt_num(f.mse, 4), "top1": fmt_share(f.top1_agreement),
+             "retention": fmt_num(f.retention)} for f in rows]
 
 
 def _models(details: Mapping[str, Any], roles: list[str]) -> list[dict[str, str]]:
