@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ import numpy as np
 import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 T = TypeVar("T")
 
@@ -205,6 +207,39 @@ def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+@dataclass(frozen=True)
+class MatrixPanel:
+    """A layer x layer matrix: rows = layers of one model (shallow at the top), columns = layers of the other."""
+
+    title: str
+    row_model: str
+    rows: tuple[str, ...]
+    col_model: str
+    columns: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+    marked: tuple[tuple[int, int], ...] = ()  # (row, column) cells outlined (matched relative depth)
+
+
+def matrix_axes(ax: Any, p: MatrixPanel, cmap: str, vmin: float, vmax: float, size: float,
+                dark: Callable[[float], bool]) -> Any:
+    """One layer x layer heat map on `ax`: values printed at `size` pt (none at 0), black where `dark(value)`,
+    the marked cells outlined, layer names on the axes. Returns the image (for a shared colour bar)."""
+    m = np.asarray(p.values, float)
+    image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for (y, x), v in np.ndenumerate(m if size > 0 else np.zeros((0, 0))):
+        ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=size, color="black" if dark(v) else "white")
+    for y, x in p.marked:
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.6))
+    ax.set_xticks(range(len(p.columns)))
+    ax.set_xticklabels(short_labels(p.columns, 16), rotation=30, ha="right", rotation_mode="anchor", fontsize=6.5)
+    ax.set_yticks(range(len(p.rows)))
+    ax.set_yticklabels(short_labels(p.rows, 18), fontsize=6.5)
+    ax.set_xlabel(shorten(p.col_model, 20), fontsize=7)
+    ax.set_ylabel(shorten(p.row_model, 20), fontsize=7)
+    ax.set_title(wrap_hard(p.title, 30, 1), loc="left", fontsize=8)
+    return image
 
 
 def grid_shape(count: int, per_row: int = 3) -> tuple[int, int]:

@@ -19,8 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from auditor.report.figures.common import (
-    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, decode_png, grid_shape, panel_grid, role_colours, save_png_only,
-    short_labels, shorten, wrap_hard,
+    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, MatrixPanel, decode_png, grid_shape, matrix_axes, panel_grid,
+    role_colours, save_png_only, shorten, wrap_hard,
 )
 
 # The quadrant a reviewer looks for first: a concept one model relies on and the other does not represent.
@@ -213,17 +213,7 @@ def concept_detail(
 # ------------------------------------------------------------------------------------------------ layerwise
 
 
-@dataclass(frozen=True)
-class LayerwisePanel:
-    title: str
-    row_model: str
-    rows: tuple[str, ...]
-    col_model: str
-    columns: tuple[str, ...]
-    mmcs: tuple[tuple[float, ...], ...]
-
-
-def layerwise_heatmap(panels: Sequence[LayerwisePanel], out: Path) -> Path:
+def layerwise_heatmap(panels: Sequence[MatrixPanel], out: Path) -> Path:
     """Mean-max concept similarity between every layer of one model (rows, shallow at the top) and every layer of
     the other (columns), one panel per class; values printed in the cells; viridis 0..1."""
     with matplotlib.rc_context(_RC):
@@ -236,19 +226,7 @@ def layerwise_heatmap(panels: Sequence[LayerwisePanel], out: Path) -> Path:
         axes, cells = panel_grid(fig, panels, lines, per_row)
         image = None
         for _i, ax, p in cells:
-            m = np.asarray(p.mmcs, float)
-            image = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-            for (y, x), v in np.ndenumerate(m):
-                ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                        color="black" if v > 0.55 else "white")
-            ax.set_xticks(range(len(p.columns)))
-            ax.set_xticklabels(short_labels(p.columns, 16), rotation=30, ha="right", rotation_mode="anchor",
-                               fontsize=6.5)
-            ax.set_yticks(range(len(p.rows)))
-            ax.set_yticklabels(short_labels(p.rows, 18), fontsize=6.5)
-            ax.set_xlabel(shorten(p.col_model, 20), fontsize=7)
-            ax.set_ylabel(shorten(p.row_model, 20), fontsize=7)
-            ax.set_title(wrap_hard(p.title, 30, 1), loc="left", fontsize=8)
+            image = matrix_axes(ax, p, "viridis", 0.0, 1.0, 6.5, lambda v: v > 0.55)
         if image is not None:
             fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mean-max similarity")
         return _save(fig, out)

@@ -7,19 +7,17 @@ one SVG through figures.common._save (with its PNG raster) and returns its path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
 
 from auditor.report.figures.common import (
-    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, role_colours, short_labels, shorten, wrap_hard,
+    _RC, _save, GREY, LIGHT_GREY, PAGE_WIDTH_IN, MatrixPanel, matrix_axes, panel_grid, role_colours, wrap_hard,
 )
 
 PER_ROW = 3  # concept panels per row
@@ -84,36 +82,12 @@ def depth_curves(panels: Sequence[DepthPanel], out: Path, *, threshold: float) -
         return _save(fig, out)
 
 
-@dataclass(frozen=True)
-class MatrixPanel:
-    """A layer x layer matrix: rows = layers of one model (shallow at the top), columns = layers of the other."""
-
-    title: str
-    row_model: str
-    rows: tuple[str, ...]
-    col_model: str
-    columns: tuple[str, ...]
-    values: tuple[tuple[float, ...], ...]
-    marked: tuple[tuple[int, int], ...] = ()  # (row, column) cells outlined (matched relative depth)
-
-
-def _matrix_axes(ax: object, p: MatrixPanel, cmap: str, vmin: float, vmax: float, size: float) -> object:
-    m = np.asarray(p.values, float)
-    image = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+def _dark_text(cmap: str, vmin: float, vmax: float) -> Callable[[float], bool]:
+    """Which cell values get black text: the light part of the colour map (viridis: the top; PuOr: the middle)."""
     mid = (vmin + vmax) / 2
-    for (y, x), v in np.ndenumerate(m if size > 0 else np.zeros((0, 0))):
-        dark = v > mid + 0.1 * (vmax - vmin) if cmap == "viridis" else abs(v - mid) < 0.35 * (vmax - vmin)
-        ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=size, color="black" if dark else "white")
-    for y, x in p.marked:
-        ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.6))
-    ax.set_xticks(range(len(p.columns)))
-    ax.set_xticklabels(short_labels(p.columns, 16), rotation=30, ha="right", rotation_mode="anchor", fontsize=6.5)
-    ax.set_yticks(range(len(p.rows)))
-    ax.set_yticklabels(short_labels(p.rows, 18), fontsize=6.5)
-    ax.set_xlabel(shorten(p.col_model, 20), fontsize=7)
-    ax.set_ylabel(shorten(p.row_model, 20), fontsize=7)
-    ax.set_title(wrap_hard(p.title, 30, 1), loc="left", fontsize=8)
-    return image
+    if cmap == "viridis":
+        return lambda v: v > mid + 0.1 * (vmax - vmin)
+    return lambda v: abs(v - mid) < 0.35 * (vmax - vmin)
 
 
 def matrices(panels: Sequence[MatrixPanel], out: Path, *, label: str, cmap: str = "viridis", vmin: float = 0.0,
@@ -131,13 +105,11 @@ def matrices(panels: Sequence[MatrixPanel], out: Path, *, label: str, cmap: str 
         size = 6.5 if cell >= 0.45 else 5.5 if cell >= 0.36 else 0.0
         fig = Figure(figsize=(width, lines * (1.2 + 0.33 * n_rows) + 0.4), layout="constrained")
         FigureCanvasAgg(fig)
-        axes = fig.subplots(lines, per_row, squeeze=False)
+        axes, cells = panel_grid(fig, panels, lines, per_row)
+        dark = _dark_text(cmap, vmin, vmax)
         image = None
-        for i, ax in enumerate(axes.flat):
-            if i >= len(panels):
-                ax.set_visible(False)
-                continue
-            image = _matrix_axes(ax, panels[i], cmap, vmin, vmax, size)
+        for _i, ax, p in cells:
+            image = matrix_axes(ax, p, cmap, vmin, vmax, size, dark)
         if image is not None:
             fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=label)
         return _save(fig, out)

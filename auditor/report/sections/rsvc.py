@@ -185,10 +185,10 @@ def _table(rows: Sequence[RsvcFinding], present: Sequence[str]) -> list[dict[str
 def _layerwise(layerwise: Mapping[str, Any], order: Sequence[str], ctx: SectionContext) -> FigureRef | None:
     """The layerwise heat map (mean-max concept similarity between layers), or None without one."""
     lw_panels = [
-        figures_rsvc.LayerwisePanel(
+        figures_rsvc.MatrixPanel(
             title=f"class {cls}", row_model=str(lw["rows"]["model"]), rows=tuple(str(x) for x in lw["rows"]["layers"]),
             col_model=str(lw["columns"]["model"]), columns=tuple(str(x) for x in lw["columns"]["layers"]),
-            mmcs=tuple(tuple(float(v) for v in row) for row in lw["mmcs"]),
+            values=tuple(tuple(float(v) for v in row) for row in lw["mmcs"]),
         )
         for cls in ordered(order, list(layerwise)) for lw in [layerwise[cls]]
     ]
