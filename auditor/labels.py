@@ -12,6 +12,7 @@ as a UserError.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,20 @@ def summarise(problems: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
     if len(problems) <= limit:
         return list(problems)
     return problems[:limit] + [f"... and {len(problems) - limit} more problems of the same file"]
+
+
+def validate_labels(path: Path, key: str, problems: list[str]) -> tuple[ProbeLabels | None, list[str]]:
+    """Read a check's labels CSV in its `validate`: its problems appended to `problems` as `<key>: ...` lines
+    (summarised); returns what read_labels returns."""
+    labels, found = read_labels(path)
+    problems.extend(f"{key}: {p}" for p in summarise(found))
+    return labels, found
+
+
+def missing_columns(labels: ProbeLabels, names: Sequence[str], key: str, path: Path) -> list[str]:
+    """One `<key>[j]: ...` line per name of `names` that is not a column of the labels CSV at `path`."""
+    return [f"{key}[{j}]: {name!r} is not a column of {path} (columns: {', '.join(labels.concepts)})"
+            for j, name in enumerate(names) if name not in labels.concepts]
 
 
 def load_labels(path: Path) -> ProbeLabels:

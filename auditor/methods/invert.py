@@ -24,7 +24,7 @@ from PIL import Image
 
 from auditor import data
 from auditor.context import Context, derive_seed
-from auditor.labels import ProbeLabels, load_labels, read_labels, summarise
+from auditor.labels import ProbeLabels, load_labels, missing_columns, summarise, validate_labels
 from auditor.methods import artifact, stats
 from auditor.methods.invert_search import (
     SearchSettings,
@@ -63,15 +63,10 @@ def validate(
     Returns the labels file and the probe images, for the provenance table."""
     artifact.validate(check, policy, pre, where, problems, models)  # the pasted artifact fits the images
     path = policy.resolve(check.labels)
-    labels, found = read_labels(path)
-    problems.extend(f"{where}.labels: {p}" for p in summarise(found))
+    labels, found = validate_labels(path, f"{where}.labels", problems)
     if labels is None:
         return []
-    for j, concept in enumerate(check.forbidden):
-        if concept not in labels.concepts:
-            problems.append(
-                f"{where}.forbidden[{j}]: {concept!r} is not a column of {path} (columns: {', '.join(labels.concepts)})"
-            )
+    problems.extend(missing_columns(labels, check.forbidden, f"{where}.forbidden", path))
     if not found and len(labels) < MIN_IMAGES:
         problems.append(f"{where}.labels: {path} lists {len(labels)} images; INVERT needs at least {MIN_IMAGES} "
                         "(half to search formulas, half to test them)")

@@ -22,7 +22,7 @@ import numpy as np
 from auditor import data
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
-from auditor.labels import read_labels, summarise
+from auditor.labels import missing_columns, validate_labels
 from auditor.methods import similarity_concepts as concepts_mod
 from auditor.methods.cka import GramBuilder, cka_matrix
 from auditor.methods.concept_maps import best_depth, map_similarity
@@ -53,14 +53,12 @@ def _roles(check: SimilarityCheck, policy: Policy) -> list[str]:
 def _validate_labels(check: SimilarityCheck, policy: Policy, pre: data.Preprocessing, where: str,
                      problems: list[str]) -> list[data.ImageSet]:
     path = policy.resolve(check.labels or "")
-    labels, found = read_labels(path)
-    problems.extend(f"{where}.labels: {p}" for p in summarise(found))
+    labels, _ = validate_labels(path, f"{where}.labels", problems)
     if labels is None:
         return []
+    problems.extend(missing_columns(labels, check.label_concepts, f"{where}.label_concepts", path))
     for j, c in enumerate(check.label_concepts):
         if c not in labels.concepts:
-            problems.append(f"{where}.label_concepts[{j}]: {c!r} is not a column of {path} "
-                            f"(columns: {', '.join(labels.concepts)})")
             continue
         yes = int(labels.column(c).sum())
         if min(yes, len(labels) - yes) < MIN_CONCEPT_IMAGES:
