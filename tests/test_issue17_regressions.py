@@ -511,3 +511,27 @@ checks:
         flagged[seed] = [(f["model"], f["layer"], f["unit"], f["formula"]) for f in check.findings
                          if f.get("kind") == "unit" and f["flagged"]]
     assert all(not v for v in flagged.values()), {seed: len(v) for seed, v in flagged.items()}
+
+
+def test_rendering_a_report_leaves_truncated_images_refused(tmp_path):
+    """WeasyPrint turns on PIL's LOAD_TRUNCATED_IMAGES at import; after a report is rendered in this process a
+    truncated PNG must still be refused (before the fix, test_bad_inputs' truncated-PNG case exited 0 when it ran
+    after a test that rendered a report)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageFile
+
+    import weasyprint  # noqa: F401  (the import that flips the flag, whatever imported it first)
+    from auditor import data, results
+    from auditor.report.render import render_report
+    from test_render import make_result
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as WeasyPrint's first import left it
+    results.write(make_result(), tmp_path / "results.json")
+    render_report(tmp_path / "results.json", tmp_path / "out")
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(buf, format="PNG")
+    half = tmp_path / "half.png"
+    half.write_bytes(buf.getvalue()[:80])
+    assert data.unreadable([half]), "a truncated PNG must be named as unreadable after a render"

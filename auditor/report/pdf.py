@@ -20,6 +20,17 @@ from auditor.results import AuditResult
 _SRC = re.compile(r'\bsrc="([^"]*)"')
 
 
+def undo_weasyprint_truncated_images() -> None:
+    """WeasyPrint sets PIL's process-wide ImageFile.LOAD_TRUNCATED_IMAGES = True when imported (weasyprint/images.py):
+    afterwards PIL pads a truncated image with grey instead of refusing it, so an image the audit reads in the same
+    process (a second audit, a test) would be analysed half blank and `validate` would pass it. Found by
+    test_bad_inputs' truncated-PNG case, which passed with exit 0 after a test had rendered a report. Our figures are
+    whole files, so WeasyPrint does not need the setting."""
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
 def check_assets(html: str, roots: Sequence[Path], pending: Collection[Path] = ()) -> None:
     """Every image the HTML refers to must exist: a missing figure is an error, never a blank space.
 
@@ -90,6 +101,7 @@ def write_pdf(
     # Imported here: WeasyPrint loads Pango at import, and nothing else in the package needs it.
     from weasyprint import HTML, Attachment
     from weasyprint.urls import FatalURLFetchingError, URLFetcher
+    undo_weasyprint_truncated_images()
 
     class LocalFetcher(URLFetcher):
         """Files under PDF_BASE_URL only: from the staging folder (this render), else out_dir; a missing one stops
