@@ -7,8 +7,8 @@ each (8 trainings), 64 px images, from a cold cache.
 The frozen layer's activations come from one forward pass per model (the store's job in the audit; timed apart,
 not part of a training). Prints the time of each training and the share of it spent in forward passes of the
 frozen classifier on reconstructions (the CE term; its backward pass is not separable and counts as decoder
-time), the machine's load, torch's thread count and the process's CPU seconds (on a shared machine wall time
-counts waits for a core). Last line: `cladec_cost: seconds=<s> classifier_share=<x>`
+time), the machine's load and the workers' CPU seconds (on a shared machine wall time counts waits for a core).
+The trainings run as the check runs them (cladec_parallel.train_missing: forked workers, one torch thread each). Last line: `cladec_cost: seconds=<s> classifier_share=<x>`
 (target: seconds < 120 on 2 cores). Environment: CLADEC_BENCH_IMAGES (images, default 240),
 CLADEC_BENCH_EPOCHS (default: Settings' epochs).
 """
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ import torch
 from auditor import data
 from auditor.methods import cladec_core as cc
 from auditor.methods import cladec_reference as cr
+from auditor.methods.cladec_parallel import TRAINING_THREADS, Job, train_missing, worker_count
 from auditor.models import Model, load_model
 from auditor.models.torch_model import ModuleModel
 
@@ -72,31 +76,38 @@ def main(argv: list[str]) -> None:
     demo = Path(argv[1]) if len(argv) > 1 else None
     models, x01, labels = demo_setting(demo) if demo is not None and demo.is_dir() else tiny_setting()
     source = f"demo models from {demo}" if demo is not None and demo.is_dir() else "untrained demo architectures"
-    print(f"cladec_cost: {source}; {len(x01)} images of {SIZE} px; epochs {EPOCHS}; torch threads "
-          f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"cladec_cost: {source}; {len(x01)} images of {SIZE} px; epochs {EPOCHS}; {worker_count()} trainings at "
+          f"a time, {TRAINING_THREADS} torch thread each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     settings = cc.Settings(epochs=EPOCHS, seed=0)
     quiet = lambda _m: None  # noqa: E731
-    total = clf = cpu = 0.0
-    for role, (model, layers) in models.items():
-        module = cc.torch_module(model)
-        t = time.perf_counter()
-        acts = model.activations(cc.to_model_np(x01, PRE), layers)
-        print(f"  {role}: activations of {len(layers)} layers {time.perf_counter() - t:.2f}s (store; not counted)")
-        for layer in layers:
-            t, c = time.perf_counter(), time.process_time()
-            fitted = cc.train_cladec(acts[layer], x01, labels, module, PRE, settings, quiet)
-            s = time.perf_counter() - t
-            rt = time.perf_counter()
-            cr.train_reference(module, layer, x01, PRE, settings, quiet)
-            r = time.perf_counter() - rt
-            cpu += time.process_time() - c
-            share = fitted.stats.classifier_seconds / s
-            print(f"  {role} {layer} {tuple(acts[layer].shape[1:])}: cladec {s:.2f}s (classifier forward "
-                  f"{share:.0%}), reference AE {r:.2f}s")
-            total, clf = total + s + r, clf + fitted.stats.classifier_seconds
-    # CPU seconds of this process: on a shared machine, wall time counts the waits for a core too.
-    print(f"cladec_cost: cpu_seconds={cpu:.1f} (all threads; a quiet 2-core machine needs at least half that)")
-    print(f"cladec_cost: seconds={total:.1f} classifier_share={clf / total:.3f}")
+    jobs: list[Job] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for role, (model, layers) in models.items():
+            module = cc.torch_module(model)
+            t = time.perf_counter()
+            acts = model.activations(cc.to_model_np(x01, PRE), layers)
+            print(f"  {role}: activations of {len(layers)} layers {time.perf_counter() - t:.2f}s (store; not counted)")
+            for layer in layers:
+                shape = tuple(acts[layer].shape[1:])
+                jobs.append(Job(Path(tmp) / f"{role}-{layer}-cladec.pt", partial(
+                    cc.train_cladec, acts[layer], x01, labels, module, PRE, settings, quiet), f"{role} {layer} {shape} cladec"))
+                jobs.append(Job(Path(tmp) / f"{role}-{layer}-ae.pt", partial(
+                    cr.train_reference, module, layer, x01, PRE, settings, quiet), f"{role} {layer} {shape} reference AE"))
+        # As the check runs them: every training in a worker, `worker_count()` at a time.
+        t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        train_missing(jobs, quiet)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - c.ru_utime) + (after.ru_stime - c.ru_stime)
+        trained = train_seconds = clf = 0.0
+        for job in jobs:
+            stats = torch.load(job.path, weights_only=True)["stats"]  # what the worker measured and saved
+            stats = cc.TrainStats(0, stats["seconds"], stats["classifier_seconds"], (), cached=True)
+            trained += 1
+            train_seconds, clf = train_seconds + stats.seconds, clf + stats.classifier_seconds
+            print(f"  {job.what}: {stats.seconds:.2f}s (classifier forward {stats.classifier_seconds / stats.seconds:.0%})")
+    print(f"cladec_cost: {int(trained)} trainings, {train_seconds:.1f}s of training in all, {cpu:.1f} CPU-s in the workers")
+    print(f"cladec_cost: seconds={wall:.1f} classifier_share={clf / train_seconds:.3f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
+from functools import partial
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from auditor.methods import cladec_images as ci
 from auditor.methods.cladec_core import (
     Fitted, Settings, cache_key, cache_path, cached, effective_alpha, from_model, to_model_np, train_cladec,
 )
+from auditor.methods.cladec_parallel import Job, train_here, train_missing
 from auditor.methods.cladec_measure import autoencode, decode, mean_saturation, mse, retention, top1_agreement
 from auditor.methods.cladec_reference import fresh_encoder, train_reference
 from auditor.methods.cladec_validate import TorchSide, torch_side
@@ -65,11 +66,14 @@ class _Run:
         self.seconds: dict[str, float] = {}
         self.saturation: dict[tuple[str, str, str], float] = {}  # (model, layer, decoder) -> mean saturation
 
-    def fit(self, kind: str, key_model: str, layer: str, alpha: float, train, encoder=None) -> Fitted:
+    def job(self, kind: str, key_model: str, layer: str, alpha: float, train, what: str) -> Job:
         key = cache_key(key_model, layer, kind, self.settings, alpha, self.images_key)
-        t = time.perf_counter()
-        fitted = cached(cache_path(self.cache_dir, key), train, self.ctx.log, encoder=encoder)
-        self.seconds[f"{key_model[:8]} {layer} {kind}"] = time.perf_counter() - t
+        return Job(cache_path(self.cache_dir, key), train, what)
+
+    def fit(self, job: Job, encoder=None) -> Fitted:
+        """The job's decoder from the cache (trained by `train_missing`'s workers), else trained here."""
+        fitted = cached(job.path, lambda: train_here(job), self.ctx.log, encoder=encoder)
+        self.seconds[job.what] = fitted.stats.seconds  # the training's own time, wherever and whenever it ran
         return fitted
 
 
@@ -95,18 +99,34 @@ def _grid_acts(run: _Run, train: np.ndarray, art: np.ndarray | None) -> np.ndarr
     return np.concatenate(rows)
 
 
-def _model_rows(run: _Run, role: str, layers: list[str], side: TorchSide) -> tuple[list[dict], dict]:
-    """Findings and grid reconstructions of one model, every layer: ClaDec decoder, then the reference AE."""
-    ctx, pre, model = run.ctx, run.pre, run.ctx.models[role]
+def _jobs(run: _Run, role: str, layers: list[str], side: TorchSide, train_acts: dict) -> dict[tuple[str, str], Job]:
+    """{(layer, "cladec" | "reference_ae"): its training} for one model (no reference AE without a torch side)."""
+    pre, log = run.pre, run.ctx.log
     alpha = effective_alpha(run.settings, side.module)
-    key_model = model.sha256 + side.sha256
-    train_acts, art_acts, neu_acts = _acts(run, role, layers)
+    key_model = run.ctx.models[role].sha256 + side.sha256
+    jobs = {}
+    for layer, torch_layer in zip(layers, side.layers):
+        a = np.asarray(train_acts[layer])
+        what = f"{role} {layer} decoder"
+        jobs[(layer, "cladec")] = run.job("cladec", key_model, layer, alpha, partial(
+            train_cladec, a, run.x01, run.train.labels, side.module, pre, run.settings, log, what), what)
+        if side.module is not None:
+            what = f"{role} {layer} reference AE"
+            jobs[(layer, "reference_ae")] = run.job("reference_ae", key_model, layer, 0.0, partial(
+                train_reference, side.module, torch_layer, run.x01, pre, run.settings, log, what), what)
+    return jobs
+
+
+def _model_rows(run: _Run, role: str, layers: list[str], side: TorchSide, acts: tuple,
+                jobs: dict[tuple[str, str], Job]) -> tuple[list[dict], dict]:
+    """Findings and grid reconstructions of one model, every layer: ClaDec decoder, then the reference AE."""
+    pre, model = run.pre, run.ctx.models[role]
+    train_acts, art_acts, neu_acts = acts
     logits = model.predict(run.x)
     rows, grids = [], {}
     for layer, torch_layer in zip(layers, side.layers):
         a = np.asarray(train_acts[layer])
-        fitted = run.fit("cladec", key_model, layer, alpha, lambda: train_cladec(
-            a, run.x01, run.train.labels, side.module, pre, run.settings, ctx.log, f"{role} {layer} decoder"))
+        fitted = run.fit(jobs[(layer, "cladec")])
         recon = decode(fitted, a)
         ret = None
         if run.paired is not None:
@@ -119,9 +139,7 @@ def _model_rows(run: _Run, role: str, layers: list[str], side: TorchSide) -> tup
         cell = {"cladec": ci.pngs(decode(fitted, _grid_acts(run, a, None if art_acts is None else art_acts[layer]))),
                 "reference_ae": None}
         if side.module is not None:
-            ae = run.fit("reference_ae", key_model, layer, 0.0, lambda: train_reference(
-                side.module, torch_layer, run.x01, pre, run.settings, ctx.log, f"{role} {layer} reference AE"),
-                encoder=fresh_encoder(side.module, torch_layer))
+            ae = run.fit(jobs[(layer, "reference_ae")], encoder=fresh_encoder(side.module, torch_layer))
             ret_ae = None
             if run.paired is not None:
                 ret_ae = _retention_of(autoencode(ae, from_model(run.paired.artifact, pre), pre),
@@ -189,11 +207,17 @@ def run(check: CladecCheck, ctx: Context) -> CheckResult:
     grids: dict[str, dict] = {}
     models: dict[str, dict] = {}
     notes: list[str] = []
+    sides = {role: torch_side(check, ctx.policy, role, ctx.models[role], layers)
+             for role, layers in layers_by_model.items()}
+    acts = {role: _acts(r, role, layers) for role, layers in layers_by_model.items()}
+    jobs = {role: _jobs(r, role, layers, sides[role], acts[role][0]) for role, layers in layers_by_model.items()}
+    # Every training first, two at a time in worker processes; the loop below then reads them from the cache.
+    train_missing([j for mine in jobs.values() for j in mine.values()], ctx.log)
     for role, layers in layers_by_model.items():
-        side = torch_side(check, ctx.policy, role, ctx.models[role], layers)
+        side = sides[role]
         ctx.log(f"cladec {check.id}: {role}, {len(layers)} layers, {len(r.x)} training images, alpha "
                 f"{effective_alpha(r.settings, side.module):g}")
-        mine, grids[role] = _model_rows(r, role, layers, side)
+        mine, grids[role] = _model_rows(r, role, layers, side, acts[role], jobs[role])
         rows.extend(mine)
         models[role] = {"framework": ctx.models[role].framework, "alpha": effective_alpha(r.settings, side.module),
                         "twin": side.twin, "reference_ae": side.unavailable, "layers": layers}

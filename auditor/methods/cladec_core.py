@@ -30,7 +30,7 @@ from auditor import data
 from auditor.errors import UserError
 
 #: Part of every cache key: bump when the decoder, the loss or the training loop changes what a key trains.
-CODE_VERSION = "cladec-1"
+CODE_VERSION = "cladec-2"  # 2: every training with one torch thread (cladec_parallel)
 
 Log = Callable[[str], None]
 
