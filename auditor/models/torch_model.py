@@ -17,10 +17,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +31,11 @@ from auditor.errors import UserError, require_finite
 from auditor.models.base import LayerInfo
 from auditor.models.factory import factory_sha256, import_factory
 
+if TYPE_CHECKING:
+    from auditor.models.torch_graph import GraphLayers
+
 BATCH = 64
+CPU = torch.device("cpu")
 
 
 def file_sha256(paths: Sequence[Path]) -> str:
@@ -72,7 +77,7 @@ def _grads_at(logits: torch.Tensor, target: int, values: Sequence[torch.Tensor])
             logits[:, target].sum(), [values[i] for i in tracked], allow_unused=True, materialize_grads=True
         )
         for i, g in zip(tracked, got):
-            grads[i] = g.detach().numpy()
+            grads[i] = g.detach().cpu().numpy()
     return grads
 
 
@@ -87,18 +92,18 @@ def _joined(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _owned(t: torch.Tensor) -> np.ndarray:
     """A C-ordered float32 copy of a tensor (the network may change the tensor in place later)."""
-    return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
+    return np.array(t.detach().cpu().numpy(), dtype=np.float32, order="C", copy=True)
 
 
 # Probe input for the layout choice: a fixed pattern, so the choice is the same on every run.
 _PROBE_SEED = 0
 
 
-def _as_input(x: np.ndarray, layout: torch.memory_format) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).contiguous(memory_format=layout)
+def _as_input(x: np.ndarray, layout: torch.memory_format, device: torch.device = CPU) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device).contiguous(memory_format=layout)
 
 
-def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory_format:
+def _layout_for(module: nn.Module, input_shape: tuple[int, ...], device: torch.device = CPU) -> torch.memory_format:
     """channels_last for conv nets when it gives the same logits, else the default layout.
 
     oneDNN's convolutions run faster on channels-last tensors on CPU (a ResNet-18 forward pass on one core: 1.6 s
@@ -109,7 +114,7 @@ def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory
     convs = any(isinstance(m, nn.Conv2d) or getattr(m, "original_name", "") == "Conv2d" for m in module.modules())
     if len(input_shape) != 3 or not convs:
         return torch.contiguous_format
-    x = torch.from_numpy(np.random.default_rng(_PROBE_SEED).random((2, *input_shape), dtype=np.float32))
+    x = torch.from_numpy(np.random.default_rng(_PROBE_SEED).random((2, *input_shape), dtype=np.float32)).to(device)
     try:
         with torch.no_grad():
             plain = module(x)
@@ -156,13 +161,15 @@ class AutogradHead:
         return _contract(self.grad(acts, x, target), directions)
 
 
-def _module_head(module: nn.Module, layer: str, layout: torch.memory_format) -> AutogradHead:
+def _module_head(module: nn.Module, layer: str, layout: torch.memory_format, device: torch.device) -> AutogradHead:
     target = dict(module.named_modules())[layer]
 
     def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        handle = target.register_forward_hook(lambda _m, _i, _o: acts)
+        # (`.to` is differentiable and the identity on the CPU: gradients come back to the caller's tensor)
+        on_device = acts.to(device)
+        handle = target.register_forward_hook(lambda _m, _i, _o: on_device)
         try:
-            return module(x.contiguous(memory_format=layout))
+            return module(x.to(device).contiguous(memory_format=layout)).cpu()
         finally:
             handle.remove()
 
@@ -170,34 +177,57 @@ def _module_head(module: nn.Module, layer: str, layout: torch.memory_format) -> 
 
 
 class ModuleModel:
-    """An eager `nn.Module` in eval mode, parameters frozen."""
+    """An eager `nn.Module` (or a torch.export program's module) in eval mode, parameters frozen, on `device`.
+
+    Module outputs of eager modules are read by forward hooks; functional results, and every value of an exported
+    program (whose module calls are inlined, so no hook fires), through its fx graph (torch_graph.py)."""
 
     def __init__(
-        self, module: nn.Module, name: str, sha256: str, framework: str, input_shape: tuple[int, ...]
+        self, module: nn.Module, name: str, sha256: str, framework: str, input_shape: tuple[int, ...],
+        device: str = "cpu",
     ) -> None:
-        self._module = module.eval()
+        self._device = torch.device(device)
+        # An exported program is in the mode it was exported in (its module refuses `eval()`).
+        self._module = (module if framework == "torch-export" else module.eval()).to(self._device)
         for p in self._module.parameters():
             p.requires_grad_(False)
         self.name = name
         self.sha256 = sha256
         self.framework = framework
+        self.device = self._device.type
         self.input_shape = tuple(input_shape)
         self._layers: list[LayerInfo] | None = None
-        self._layout = _layout_for(self._module, self.input_shape)
+        self._layout = _layout_for(self._module, self.input_shape, self._device)
+        self._graph: GraphLayers | None = None
+        self.graph_note = ""  # why functional results are not listed ("" when they are), set by layers()
+        self._cpu_copy: nn.Module | None = None
 
     @property
     def torch_module(self) -> nn.Module:
-        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
-        return self._module
+        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there):
+        a copy when the model runs on another device."""
+        if self._device.type == "cpu":
+            return self._module
+        if self._cpu_copy is None:
+            self._cpu_copy = copy.deepcopy(self._module).to(CPU)
+        return self._cpu_copy
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
-            mods = {n: m for n, m in self._module.named_modules() if n}
-            acts = self._capture(np.zeros((1, *self.input_shape), np.float32), list(mods))
-            self._layers = [
-                LayerInfo(n, tuple(acts[n].shape[1:]), type(mods[n]).__name__) for n in mods if n in acts
-            ]
+            exported = self.framework == "torch-export"
+            from auditor.models.torch_graph import graph_for  # (torch_graph imports this module's helpers)
+
+            self._graph, self.graph_note = graph_for(
+                self._module, self.name, exported, self._device, self._layout, self.predict, self.input_shape
+            )
+            hooked = [] if exported else self._hook_layers()
+            self._layers = hooked if self._graph is None else self._graph.merged(hooked, self.input_shape)
         return self._layers
+
+    def _hook_layers(self) -> list[LayerInfo]:
+        mods = {n: m for n, m in self._module.named_modules() if n}
+        acts = self._capture(np.zeros((1, *self.input_shape), np.float32), list(mods))
+        return [LayerInfo(n, tuple(acts[n].shape[1:]), type(mods[n]).__name__) for n in mods if n in acts]
 
     @contextmanager
     def _hooks(self, names: Sequence[str], seen: dict[str, np.ndarray]) -> Iterator[None]:
@@ -227,7 +257,7 @@ class ModuleModel:
         with torch.no_grad(), self._hooks(names, seen):
             for s in _batches(len(x)):
                 seen.clear()
-                self._module(_as_input(x[s], self._layout))
+                self._module(_as_input(x[s], self._layout, self._device))
                 for n, a in seen.items():
                     store.setdefault(n, []).append(a)
         return _joined(store)
@@ -235,22 +265,34 @@ class ModuleModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = np.concatenate(
-                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout, self._device)).cpu().numpy() for s in _batches(len(x))]
             ).astype(np.float32)
         return require_finite(logits, f"model {self.name}, logits")
 
-    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    def _split(self, layers: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The requested layers (unknown ones a UserError) as (module outputs read by hooks, graph values)."""
         known = [li.name for li in self.layers()]
         for layer in layers:
             if layer not in known:
                 raise _unknown_layer(layer, known, self.name)
-        return self._capture(x, list(layers))
+        names = list(dict.fromkeys(layers))
+        graphed = [n for n in names if self._graph is not None and n in self._graph]
+        return [n for n in names if n not in graphed], graphed
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        hooked, graphed = self._split(layers)
+        out = self._capture(x, hooked) if hooked else {}
+        if graphed:
+            assert self._graph is not None
+            out.update(self._graph.activations(x, graphed))
+        return out
 
     def head(self, layer: str) -> AutogradHead:
-        known = [li.name for li in self.layers()]
-        if layer not in known:
-            raise _unknown_layer(layer, known, self.name)
-        return _module_head(self._module, layer, self._layout)
+        hooked, _ = self._split([layer])
+        if not hooked:
+            assert self._graph is not None
+            return self._graph.head(layer)
+        return _module_head(self._module, layer, self._layout, self._device)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -259,12 +301,20 @@ class ModuleModel:
     def layer_acts_and_grads(
         self, x: np.ndarray, layers: Sequence[str], target: int
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """({layer: activations}, {layer: d logit[target] / d activations}) from the same passes."""
-        names = list(dict.fromkeys(layers))
-        known = [li.name for li in self.layers()]
-        for layer in names:
-            if layer not in known:
-                raise _unknown_layer(layer, known, self.name)
+        """({layer: activations}, {layer: d logit[target] / d activations}) from the same passes: one pass per
+        batch for module outputs (hooks), one for graph values; a request mixing both takes the two."""
+        hooked, graphed = self._split(layers)
+        acts, grads = self._hooked_acts_and_grads(x, hooked, target) if hooked else ({}, {})
+        if graphed:
+            assert self._graph is not None
+            more_acts, more_grads = self._graph.acts_and_grads(x, graphed, target)
+            acts.update(more_acts)
+            grads.update(more_grads)
+        return acts, grads
+
+    def _hooked_acts_and_grads(
+        self, x: np.ndarray, names: list[str], target: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         mods = dict(self._module.named_modules())
         seen: dict[str, torch.Tensor] = {}
 
@@ -290,12 +340,12 @@ class ModuleModel:
             for s in _batches(len(x)):
                 seen.clear()
                 with torch.enable_grad():
-                    logits = self._module(_as_input(x[s], self._layout))
+                    logits = self._module(_as_input(x[s], self._layout, self._device))
                 missing = [n for n in names if n not in seen]
                 if missing:
                     raise RuntimeError(f"{self.name}: layers {missing} produced no tensor in the forward pass")
                 for n, g in zip(names, _grads_at(logits, target, [seen[n] for n in names])):
-                    acts[n].append(seen[n].detach().numpy())
+                    acts[n].append(seen[n].detach().cpu().numpy())
                     grads[n].append(g)
         finally:
             for h in handles:
