@@ -2,11 +2,14 @@
 
 Two mechanisms reach a layer's activations and the head above it:
 
-- eager `nn.Module`s (factory + state_dict/safetensors, exported programs, trusted pickles): forward hooks that
-  record a module's output, or replace it with given activations (the head);
+- eager `nn.Module`s (factory + state_dict/safetensors, trusted pickles): forward hooks that record a module's
+  output, or replace it with given activations (the head); functional results (`F.relu6(x)`, `x + y`) and every
+  value of a `torch.export` program through the module's fx graph (torch_graph.py);
 - TorchScript: hooks are refused on ScriptModules, so we edit a copy of the inlined graph instead. Every op in
   it carries its module hierarchy (`features(Sequential).3(ReLU)`); a layer's value is the last op of that
   module. Extra graph outputs give activations; replacing the value by a new graph input gives the head.
+
+Loading is in torch_load.py; `device` moves the module there and numpy in and out stays on the CPU.
 
 Either way the head runs the network on the real images `x` with the layer's value substituted, so skip
 paths around the layer keep their real values (what the gradient of the logit w.r.t. the layer means).
@@ -14,13 +17,10 @@ paths around the layer keep their real values (what the gradient of the logit w.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import re
 import copy
+import difflib
+import re
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,22 +29,12 @@ from torch import nn
 
 from auditor.errors import UserError, require_finite
 from auditor.models.base import LayerInfo
-from auditor.models.factory import factory_sha256, import_factory
 
 if TYPE_CHECKING:
     from auditor.models.torch_graph import GraphLayers
 
 BATCH = 64
 CPU = torch.device("cpu")
-
-
-def file_sha256(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _unknown_layer(name: str, known: Sequence[str], model: str) -> UserError:
@@ -132,6 +122,16 @@ def _layout_for(module: nn.Module, input_shape: tuple[int, ...], device: torch.d
     return torch.channels_last
 
 
+def _on_cpu(model: "ModuleModel | ScriptModel") -> nn.Module:
+    """A model's module on the CPU: itself, or (run on another device) a copy made once. ClaDec trains its
+    decoder through the module with CPU tensors."""
+    if model._device.type == "cpu":
+        return model._module
+    if model._cpu_copy is None:
+        model._cpu_copy = copy.deepcopy(model._module).to(CPU)
+    return model._cpu_copy
+
+
 # ----------------------------------------------------------------------------------------------- eager modules
 
 
@@ -204,13 +204,8 @@ class ModuleModel:
 
     @property
     def torch_module(self) -> nn.Module:
-        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there):
-        a copy when the model runs on another device."""
-        if self._device.type == "cpu":
-            return self._module
-        if self._cpu_copy is None:
-            self._cpu_copy = copy.deepcopy(self._module).to(CPU)
-        return self._cpu_copy
+        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there)."""
+        return _on_cpu(self)
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
@@ -274,7 +269,8 @@ class ModuleModel:
         known = [li.name for li in self.layers()]
         for layer in layers:
             if layer not in known:
-                raise _unknown_layer(layer, known, self.name)
+                note = f"; {self.graph_note}" if self.graph_note else ""
+                raise UserError(f"{_unknown_layer(layer, known, self.name)}{note}")
         names = list(dict.fromkeys(layers))
         graphed = [n for n in names if self._graph is not None and n in self._graph]
         return [n for n in names if n not in graphed], graphed
@@ -381,7 +377,9 @@ def layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
     return values
 
 
-def _script_head(module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format) -> AutogradHead:
+def _script_head(
+    module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format, device: torch.device
+) -> AutogradHead:
     graph = module.inlined_graph.copy()
     value = layer_values(graph)[layer]
     acts_in = graph.addInput("acts")
@@ -390,14 +388,19 @@ def _script_head(module: torch.jit.ScriptModule, layer: str, layout: torch.memor
     # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
     torch._C._jit_pass_dce(graph)
     fn = torch._C._create_function_from_graph("auditor_head", graph)
-    return AutogradHead(lambda acts, x: fn(module._c, x.contiguous(memory_format=layout), acts))
+    return AutogradHead(lambda acts, x: fn(module._c, x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu())
 
 
 class ScriptModel:
     """A TorchScript file: activations and heads from edited copies of its inlined graph."""
 
-    def __init__(self, module: torch.jit.ScriptModule, name: str, sha256: str, input_shape: tuple[int, ...]) -> None:
-        self._module = module.eval()
+    def __init__(
+        self, module: torch.jit.ScriptModule, name: str, sha256: str, input_shape: tuple[int, ...], device: str = "cpu"
+    ) -> None:
+        self._device = torch.device(device)
+        self.device = self._device.type
+        self._cpu_copy: nn.Module | None = None
+        self._module = module.eval().to(self._device)
         for p in self._module.parameters():
             p.requires_grad_(False)
         self.name = name
@@ -409,7 +412,7 @@ class ScriptModel:
         self._kinds = {
             n: m.original_name for n, m in self._module.named_modules() if n
         }
-        self._layout = _layout_for(self._module, self.input_shape)
+        self._layout = _layout_for(self._module, self.input_shape, self._device)
 
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
@@ -426,16 +429,16 @@ class ScriptModel:
         logits, acts = [], {n: [] for n in layers}
         with torch.no_grad():
             for s in _batches(len(x)):
-                out = fn(self._module._c, _as_input(x[s], self._layout))
-                logits.append(out[0].numpy())
+                out = fn(self._module._c, _as_input(x[s], self._layout, self._device))
+                logits.append(out[0].cpu().numpy())
                 for n, a in zip(layers, out[1:]):
-                    acts[n].append(a.numpy())
+                    acts[n].append(a.cpu().numpy())
         return np.concatenate(logits).astype(np.float32), _joined(acts)
 
     @property
     def torch_module(self) -> nn.Module:
-        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
-        return self._module
+        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there)."""
+        return _on_cpu(self)
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
@@ -448,14 +451,18 @@ class ScriptModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = np.concatenate(
-                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout, self._device)).cpu().numpy() for s in _batches(len(x))]
             ).astype(np.float32)
         return require_finite(logits, f"model {self.name}, logits")
 
     def _check(self, layer: str) -> None:
         known = [li.name for li in self.layers()]
         if layer not in known:
-            raise _unknown_layer(layer, known, self.name)
+            raise UserError(
+                f"{_unknown_layer(layer, known, self.name)}; a TorchScript model's layers are its modules' outputs: "
+                "for functional results (F.relu6, x + y) give the model as a torch.export program (.pt2) or as "
+                "module:factory"
+            )
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
         for layer in layers:
@@ -464,7 +471,7 @@ class ScriptModel:
 
     def head(self, layer: str) -> AutogradHead:
         self._check(layer)
-        return _script_head(self._module, layer, self._layout)
+        return _script_head(self._module, layer, self._layout, self._device)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -487,84 +494,9 @@ class ScriptModel:
         with torch.jit.optimized_execution(False), torch.enable_grad():
             for s in _batches(len(x)):
                 # Frozen parameters: the input is what makes autograd record the pass.
-                xb = _as_input(x[s], self._layout).requires_grad_(True)
+                xb = _as_input(x[s], self._layout, self._device).requires_grad_(True)
                 res = fn(self._module._c, xb)
                 for n, v, g in zip(names, res[1:], _grads_at(res[0], target, list(res[1:]))):
-                    acts[n].append(v.detach().numpy())
+                    acts[n].append(v.detach().cpu().numpy())
                     grads[n].append(g)
         return _joined(acts), _joined(grads)
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-
-
-@dataclass(frozen=True)
-class TorchSpec:
-    path: Path | None  # weights, TorchScript or .pt2 file
-    factory: str | None  # "package.module:function" building the nn.Module
-    trust_pickle: bool
-    input_shape: tuple[int, ...]
-    name: str
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state_dict (a dict of tensors), found {type(state).__name__}")
-    return state
-
-
-def load_torch(spec: TorchSpec, search_dir: Path | None = None):
-    """Load a torch model as the spec says.
-
-    Returns a `ScriptModel` for TorchScript files and a `ModuleModel` otherwise.
-    """
-    path = spec.path
-    if path is not None and not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        if spec.factory:
-            factory_module, factory = import_factory(spec.factory, search_dir)
-            module = factory()
-            if not isinstance(module, nn.Module):
-                raise UserError(f"factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module")
-            # The code that builds the network is hashed with the weights (factory.py says why).
-            sha = factory_sha256(spec.factory, factory_module, module, path)
-            if path is not None:
-                missing, unexpected = module.load_state_dict(_load_state(path), strict=False)
-                if missing or unexpected:
-                    raise UserError(
-                        f"{path}: weights do not fit {spec.factory}: missing {list(missing)[:3]}, "
-                        f"unexpected {list(unexpected)[:3]}"
-                    )
-            return ModuleModel(module, spec.name, sha, "torch", spec.input_shape)
-        assert path is not None
-        sha = file_sha256([path])
-        if path.suffix == ".pt2":
-            program = torch.export.load(str(path))
-            return ModuleModel(program.module(), spec.name, sha, "torch-export", spec.input_shape)
-        try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-            return ScriptModel(scripted, spec.name, sha, spec.input_shape)
-        except RuntimeError as script_error:
-            if not spec.trust_pickle:
-                raise UserError(
-                    f"{path}: not a TorchScript file ({str(script_error).splitlines()[0]}); a state_dict needs "
-                    "`factory: module:function`, and a pickled nn.Module needs `trust_pickle: true` "
-                    "(it runs code from the file)"
-                ) from script_error
-        module = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(module, nn.Module):
-            raise UserError(f"{path}: the pickle holds {type(module).__name__}, not an nn.Module")
-        return ModuleModel(module, spec.name, sha, "torch-pickle", spec.input_shape)
-    except UserError:
-        raise
-    except Exception as e:  # a model that does not load is a user input problem: one line, exit 2
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path or spec.factory}: cannot load torch model: {first}") from e
