@@ -149,11 +149,16 @@ def _copy(gm: fx.GraphModule) -> tuple[fx.Graph, dict[str, fx.Node], fx.Node]:
     return graph, {old.name: new for old, new in env.items()}, out
 
 
+def _copy_of(value: Any) -> Any:
+    """A tensor's copy; anything else (a shape, a tuple) as it is."""
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def _tap(graph: fx.Graph, node: fx.Node) -> None:
     """Make the rest of the graph read a copy of `node`'s value: an in-place op downstream then changes the copy,
     never the value read out or differentiated against."""
     with graph.inserting_after(node):
-        copy = graph.call_function(torch.clone, (node,))
+        copy = graph.call_function(_copy_of, (node,))
     node.replace_all_uses_with(copy, delete_user_cb=lambda user: user is not copy)
 
 
@@ -339,6 +344,7 @@ def graph_for(
     try:
         got, want = graph.logits(x), predict(x)
         same = got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * (1 + np.abs(want).max())))
+        graph.layers(input_shape)
     except Exception as e:  # the trace does not even run: the model is still served through its modules
         same, why = False, " ".join(str(e).split())[:200]
     if not same:
