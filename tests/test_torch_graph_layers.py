@@ -1,5 +1,5 @@
-"""Functional results (`F.relu6(x)`, `x + y`, `torch.flatten`) as layers of eager (`module:factory`) and
-torch.export models, checked against a hand-written forward pass and a hand-split network (no hooks, no fx)."""
+"""Functional results (`F.relu6(x)`, `x + y`, `torch.flatten`) as layers of eager (`module:factory`),
+torch.export and TorchScript models, checked against a hand-written forward pass and a hand-split network (no hooks, no fx)."""
 
 from __future__ import annotations
 
@@ -287,11 +287,42 @@ def test_an_untraceable_model_keeps_its_module_outputs_and_says_why():
         model.activations(np.zeros((1, *SHAPE), np.float32), ["relu"])
 
 
-def test_a_functional_name_on_torchscript_suggests_torch_export(tiny_world):
-    model = load_model(tiny_world.script, "auto", SHAPE)
-    with pytest.raises(UserError) as e:
-        model.activations(np.zeros((1, *SHAPE), np.float32), ["flatten"])
-    assert "torch.export" in str(e.value) and len(str(e.value).splitlines()) == 1
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_same_names_same_values(eager, netdir, x, how):
+    net = eager.torch_module
+    scripted = torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(2, *SHAPE))
+    path = netdir / f"r6net-{how}.pt"
+    scripted.save(str(path))
+    model = load_model(path, "auto", SHAPE)
+    assert model.framework == "torchscript"
+    assert [(li.name, li.shape, li.kind) for li in model.layers()] == [
+        (li.name, li.shape, li.kind) for li in eager.layers()
+    ]
+    a, b = eager.activations(x, FUNCTIONAL), model.activations(x, FUNCTIONAL)
+    for name in FUNCTIONAL:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    _, grads = model.layer_acts_and_grads(x, ["blocks.0.relu6", "blocks.1.add"], 1)
+    np.testing.assert_allclose(grads["blocks.0.relu6"], split_grad(net, x, 1), rtol=1e-5, atol=1e-6)
+    head = model.head("blocks.0.relu6")
+    np.testing.assert_allclose(head.grad(a["blocks.0.relu6"], x, 1), split_grad(net, x, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.logits(a["blocks.0.relu6"], x), eager.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torchscript_value_overwritten_in_place_later(x, tmp_path):
+    net = _InplaceAfterAdd().eval()
+    path = tmp_path / "inplace.pt"
+    torch.jit.script(net).save(str(path))
+    model = load_model(path, "auto", SHAPE)
+    with torch.no_grad():
+        want = (net.conv(torch.from_numpy(x)) + torch.from_numpy(x)).numpy()
+    acts, grads = model.layer_acts_and_grads(x, ["add"], 0)
+    np.testing.assert_allclose(model.activations(x, ["add"])["add"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(acts["add"], want, rtol=1e-5, atol=1e-5)
+    kept = want.copy()
+    np.testing.assert_allclose(model.head("add").grad(want, x, 0), grads["add"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(want, kept)  # the head's in-place ReLU wrote on a copy, not on the caller's array
+    expected = (want > 0) * net.fc.weight[0].detach().numpy()[None, :, None, None] / (16 * 16)
+    np.testing.assert_allclose(grads["add"], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_auditor_layers_lists_functional_results(netdir):

@@ -247,15 +247,7 @@ class GraphLayers:
                 first.setdefault(str(node.target), index)
             for path, _ in _scopes(node):
                 first.setdefault(path, index)
-        out: list[LayerInfo] = []
-        i = 0
-        for m in modules:
-            at = first.get(m.name)
-            while at is not None and i < len(values) and self._values[values[i].name].index < at:
-                out.append(values[i])
-                i += 1
-            out.append(m)
-        return out + values[i:]
+        return merge_in_order(modules, [(self._values[v.name].index, v) for v in values], first)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """The graph's own logits (to check that a trace reproduces the module)."""
@@ -350,3 +342,88 @@ def graph_for(
     if not same:
         return None, f"functional results are not listed: the torch.fx trace of {model} does not reproduce it{f' ({why})' if why else ''}"
     return graph, ""
+
+
+# ------------------------------------------------------------------------------------------------- TorchScript
+# The same names for a TorchScript file's inlined graph, whose ops carry their module hierarchy
+# (`blocks(Sequential).0(Block).UNKNOWN_INSTANCE(UNKNOWN_TYPE)` for an F.relu6 called in a Block).
+
+_SCOPE = re.compile(r"([^.()]+)\(([^()]*)\)")
+
+
+def _script_scope(hierarchy: str) -> tuple[str, str]:
+    """-> (module path, class of the innermost module; "" at the top level)."""
+    parts = [(m.group(1), m.group(2)) for m in _SCOPE.finditer(hierarchy)
+             if m.group(1) not in ("SELF", "UNKNOWN_INSTANCE")]
+    return ".".join(p for p, _ in parts), (parts[-1][1] if parts else "")
+
+
+def _script_leaf(cls: str) -> bool:
+    """A torch.nn module class (by name: the graph keeps no more), Sequential excepted: as `_is_leaf`."""
+    found = getattr(nn, cls, None)
+    return isinstance(found, type) and issubclass(found, nn.Module) and cls != "Sequential"
+
+
+def script_functional(graph: torch._C.Graph, taken: set[str]) -> list[tuple[str, torch._C.Value, str, int]]:
+    """(name, value, op, position) of every functional result among the graph's top-level ops, named as in
+    `name_values`. In-place ops (`add_`) are left out: their value is another op's tensor, changed."""
+    used = set(taken)
+    counts: dict[tuple[str, str], int] = {}
+    out = []
+    for index, node in enumerate(graph.nodes()):
+        kind = node.kind()
+        if not kind.startswith("aten::") or kind.endswith("_") or node.outputsSize() != 1:
+            continue
+        if not isinstance(node.output().type(), torch._C.TensorType):
+            continue
+        scope, cls = _script_scope(node.getModuleHierarchy())
+        if cls and _script_leaf(cls):
+            continue
+        op = kind.split("::", 1)[1]
+        while True:
+            k = counts.get((scope, op), 0)
+            counts[(scope, op)] = k + 1
+            name = (f"{scope}." if scope else "") + (op if k == 0 else f"{op}_{k}")
+            if name not in used:
+                break
+        used.add(name)
+        out.append((name, node.output(), op, index))
+    return out
+
+
+def script_first_nodes(graph: torch._C.Graph) -> dict[str, int]:
+    """Module path -> position of the first top-level op inside it."""
+    first: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes()):
+        path, _ = _script_scope(node.getModuleHierarchy())
+        parts = path.split(".") if path else []
+        for i in range(1, len(parts) + 1):
+            first.setdefault(".".join(parts[:i]), index)
+    return first
+
+
+def merge_in_order(modules: list[LayerInfo], values: list[tuple[int, LayerInfo]], first: dict[str, int]) -> list[LayerInfo]:
+    """`modules` in their own order with `values` ((position, info), by position) among them: each value just
+    before the first module that starts after it (a block's functional results follow its modules)."""
+    out: list[LayerInfo] = []
+    i = 0
+    for m in modules:
+        at = first.get(m.name)
+        while at is not None and i < len(values) and values[i][0] < at:
+            out.append(values[i][1])
+            i += 1
+        out.append(m)
+    return out + [v for _, v in values[i:]]
+
+
+def tap_script(graph: torch._C.Graph, value: torch._C.Value) -> None:
+    """`_tap` for a TorchScript graph: the ops after `value`'s producer read a clone of it."""
+    none = graph.insertConstant(None)
+    clone = graph.create("aten::clone", [value, none])
+    if value.node().kind() == "prim::Param":  # a graph input: the clone goes first
+        clone.insertBefore(next(iter(graph.nodes())))
+    else:
+        clone.insertAfter(value.node())
+    none.node().moveBefore(clone)
+    clone.output().setType(value.type())
+    value.replaceAllUsesAfterNodeWith(clone, clone.output())

@@ -377,14 +377,26 @@ def layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
     return values
 
 
-def _script_head(
-    module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format, device: torch.device
-) -> AutogradHead:
+def _script_graph(module: torch.jit.ScriptModule) -> torch._C.Graph:
+    """A copy of the inlined graph with constant conditions folded: `F.relu6(x)` inlines as an `if inplace:` on a
+    constant, and its result would otherwise be a `prim::If`'s, not the op's, with no module path to name it."""
     graph = module.inlined_graph.copy()
-    value = layer_values(graph)[layer]
+    torch._C._jit_pass_constant_propagation(graph)
+    return graph
+
+
+def _script_head(
+    module: torch.jit.ScriptModule, value_of: Callable[[torch._C.Graph], torch._C.Value], layout: torch.memory_format,
+    device: torch.device,
+) -> AutogradHead:
+    from auditor.models.torch_graph import tap_script
+
+    graph = _script_graph(module)
+    value = value_of(graph)
     acts_in = graph.addInput("acts")
     acts_in.setType(value.type())
     value.replaceAllUsesWith(acts_in)
+    tap_script(graph, acts_in)  # an in-place op downstream writes on a copy, never on the caller's array
     # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
     torch._C._jit_pass_dce(graph)
     fn = torch._C._create_function_from_graph("auditor_head", graph)
@@ -414,10 +426,24 @@ class ScriptModel:
         }
         self._layout = _layout_for(self._module, self.input_shape, self._device)
 
+    def _values(self, graph: torch._C.Graph) -> dict[str, torch._C.Value]:
+        """Layer name -> value in `graph` (the inlined graph or a copy): module outputs, functional results."""
+        from auditor.models.torch_graph import script_functional  # (torch_graph imports this module)
+
+        values = layer_values(graph)
+        values.update({n: v for n, v, _, _ in script_functional(graph, set(values) | set(self._kinds))})
+        return values
+
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
-            graph = self._module.inlined_graph.copy()
-            values = layer_values(graph)
+            from auditor.models.torch_graph import tap_script
+
+            graph = _script_graph(self._module)
+            values = self._values(graph)
+            # The rest of the graph reads copies: an in-place op after a layer (ReLU(inplace=True) after a conv,
+            # `out += identity`) must not change the value read out or differentiated against.
+            for value in {values[layer].unique(): values[layer] for layer in layers}.values():
+                tap_script(graph, value)
             for layer in layers:
                 graph.registerOutput(values[layer])
             graph.makeMultiOutputIntoTuple()
@@ -441,11 +467,22 @@ class ScriptModel:
         return _on_cpu(self)
 
     def layers(self) -> list[LayerInfo]:
+        """Module outputs in module order, functional results (float, batch-first) among them in graph order."""
         if self._layers is None:
-            names = tuple(layer_values(self._module.inlined_graph))
-            _, acts = self._run(np.zeros((1, *self.input_shape), np.float32), names)
-            order = [n for n, _ in self._module.named_modules() if n in acts]
-            self._layers = [LayerInfo(n, tuple(acts[n].shape[1:]), self._kinds.get(n, "")) for n in order]
+            from auditor.models.torch_graph import merge_in_order, script_first_nodes, script_functional
+
+            graph = _script_graph(self._module)
+            names = tuple(self._values(graph))
+            with torch.no_grad():  # two images: a value whose first axis is not the batch is told apart
+                out = self._extractor(names)(self._module._c, _as_input(np.zeros((2, *self.input_shape)), self._layout, self._device))
+            got = {n: v for n, v in zip(names, out[1:]) if isinstance(v, torch.Tensor)}
+            modules = [LayerInfo(n, tuple(got[n].shape[1:]), self._kinds[n]) for n in self._kinds if n in got]
+            functional = [
+                (index, LayerInfo(n, tuple(got[n].shape[1:]), op))
+                for n, _, op, index in script_functional(graph, set(layer_values(graph)) | set(self._kinds))
+                if n in got and got[n].is_floating_point() and got[n].dim() >= 2 and len(got[n]) == 2
+            ]
+            self._layers = merge_in_order(modules, functional, script_first_nodes(graph))
         return self._layers
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -458,11 +495,7 @@ class ScriptModel:
     def _check(self, layer: str) -> None:
         known = [li.name for li in self.layers()]
         if layer not in known:
-            raise UserError(
-                f"{_unknown_layer(layer, known, self.name)}; a TorchScript model's layers are its modules' outputs: "
-                "for functional results (F.relu6, x + y) give the model as a torch.export program (.pt2) or as "
-                "module:factory"
-            )
+            raise _unknown_layer(layer, known, self.name)
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
         for layer in layers:
@@ -471,7 +504,7 @@ class ScriptModel:
 
     def head(self, layer: str) -> AutogradHead:
         self._check(layer)
-        return _script_head(self._module, layer, self._layout, self._device)
+        return _script_head(self._module, lambda g: self._values(g)[layer], self._layout, self._device)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
