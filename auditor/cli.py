@@ -235,14 +235,13 @@ def layers(model: str, size: int | None, trust_pickle: bool, device: str) -> Non
     """List MODEL's layers (a file, or module:factory[@weights]) with output shapes, kinds and relative depths.
 
     \b
-    Every name listed can go in a policy's `layers:`.
+    Every name listed can go in a policy's `layers:` (docs/layers.md).
     ONNX: every float tensor, by its tensor name; the kind is the producing op.
-    torch module:factory and torch.export (.pt2): module outputs by module path (features.4), kind the module
-    class; functional results (F.relu6(x), x + y, torch.flatten) as <module path>.<op> of the module whose code
-    makes the call (layer1.0.add, blocks.2.relu6; the top-level module's without a path: flatten), the second
-    call of an op in the same module <op>_1, and so on; kind the op. An eager model torch.fx cannot trace lists
-    module outputs only and says why.
-    TorchScript: module outputs only (export with torch.export for functional results).
+    torch (module:factory, torch.export .pt2, TorchScript; the same names in all three): module outputs by
+    module path (features.4), kind the module class; functional results (F.relu6(x), x + y, torch.flatten) as
+    <module path>.<op> of the module whose code makes the call (layer1.0.add, blocks.2.relu6; in the top-level
+    module no path: flatten), the second call of an op in the same module <op>_1, and so on; kind the op.
+    An eager model torch.fx cannot trace lists module outputs only and says why in a last line.
     """
     from auditor.models import load_path
 

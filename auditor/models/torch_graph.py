@@ -1,5 +1,6 @@
-"""Every value of a torch model's fx graph as a layer: functional results (`F.relu6(x)`, `x + y`, `torch.flatten`)
-that no module returns, and, for `torch.export` programs, module outputs too.
+"""Every value of a torch model's graph as a layer: functional results (`F.relu6(x)`, `x + y`, `torch.flatten`)
+that no module returns, and, for `torch.export` programs, module outputs too. The same names for TorchScript's
+inlined graphs (the section at the end; torch_model.ScriptModel runs them). docs/layers.md is the user's version.
 
 Eager modules are traced with `torch.fx.symbolic_trace`; a `torch.export` program's `module()` is an fx graph
 already. The graph is then the one mechanism: extra outputs give activations; the value replaced by a new input

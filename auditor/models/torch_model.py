@@ -6,8 +6,9 @@ Two mechanisms reach a layer's activations and the head above it:
   output, or replace it with given activations (the head); functional results (`F.relu6(x)`, `x + y`) and every
   value of a `torch.export` program through the module's fx graph (torch_graph.py);
 - TorchScript: hooks are refused on ScriptModules, so we edit a copy of the inlined graph instead. Every op in
-  it carries its module hierarchy (`features(Sequential).3(ReLU)`); a layer's value is the last op of that
-  module. Extra graph outputs give activations; replacing the value by a new graph input gives the head.
+  it carries its module hierarchy (`features(Sequential).3(ReLU)`); a module's value is the last op of that
+  module, a functional result is named as for fx (torch_graph.py). Extra graph outputs give activations;
+  replacing the value by a new graph input gives the head.
 
 Loading is in torch_load.py; `device` moves the module there and numpy in and out stays on the CPU.
 
