@@ -264,6 +264,31 @@ def test_a_functional_value_overwritten_in_place_later(x):
     np.testing.assert_allclose(grads["add"], expected, rtol=1e-5, atol=1e-7)
 
 
+class _InplaceAfterConv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_a_module_heads_in_place_op_writes_on_a_copy(x):
+    """The head of a module output followed by ReLU(inplace=True): logits left the caller's array rectified and
+    grad failed on its leaf tensor, before the head read a copy."""
+    net = _InplaceAfterConv().eval()
+    model = ModuleModel(net, "inplace", "0", "torch", SHAPE)
+    acts = model.activations(x, ["conv"])["conv"]
+    kept = acts.copy()
+    np.testing.assert_allclose(model.head("conv").logits(acts, x), model.predict(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(acts, kept)
+    expected = (kept > 0) * net.fc.weight[1].detach().numpy()[None, :, None, None] / (16 * 16)
+    np.testing.assert_allclose(model.head("conv").grad(acts, x, 1), expected, rtol=1e-5, atol=1e-7)
+
+
 class _Untraceable(torch.nn.Module):
     """Control flow on a tensor's value: torch.fx cannot trace it."""
 

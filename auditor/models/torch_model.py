@@ -166,9 +166,11 @@ def _module_head(module: nn.Module, layer: str, layout: torch.memory_format, dev
     target = dict(module.named_modules())[layer]
 
     def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # (`.to` is differentiable and the identity on the CPU: gradients come back to the caller's tensor)
+        # (`.to` is differentiable and the identity on the CPU: gradients come back to the caller's tensor.) The
+        # network reads a copy: an in-place op after the layer (ReLU(inplace=True)) wrote on the caller's array
+        # (logits) or failed on the leaf tensor (grad).
         on_device = acts.to(device)
-        handle = target.register_forward_hook(lambda _m, _i, _o: on_device)
+        handle = target.register_forward_hook(lambda _m, _i, _o: on_device.clone())
         try:
             return module(x.to(device).contiguous(memory_format=layout)).cpu()
         finally:
