@@ -103,9 +103,10 @@ def test_gpu_activations_are_cached_apart_from_the_cpus(tmp_path):
 
 
 def _compare(cpu, gpu, layers: list[str], x: np.ndarray) -> None:
-    """Same logits, activations, heads and layer gradients on both devices, within float rounding."""
+    """Same logits, activations, heads and layer gradients on both devices, within float rounding: cuDNN's
+    convolutions run in TF32 by default on Ampere and later GPUs (10-bit mantissa, about 1e-3 relative)."""
     def close(a: np.ndarray, b: np.ndarray) -> None:
-        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * (1 + float(np.abs(a).max())))
+        np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-3 * (1 + float(np.abs(a).max())))
 
     close(cpu.predict(x), gpu.predict(x))
     a_cpu, a_gpu = cpu.activations(x, layers), gpu.activations(x, layers)
