@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 EXIT_USER = 2
 EXIT_INTERNAL = 3
 
+# `--device` of every command that runs models (auditor.models.device says what each choice does).
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+    help="where torch models and ONNX sessions run; auto: CUDA where torch/onnxruntime has it, else the CPU",
+)
+
 
 def writable_dir(path: Path, option: str) -> None:
     """Create `path` (and its parents) and prove a file can be written in it; else a UserError naming `option`."""
@@ -120,7 +126,8 @@ def main() -> None:
 
 
 def _audit(
-    policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None = None
+    policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None = None,
+    device: str = "cpu",
 ) -> int:
     from auditor import results
     from auditor.policy import load_policy
@@ -133,11 +140,12 @@ def _audit(
     writable_dir(out, "--out")
     writable_dir(cache, "--cache-dir")
     with output_lock(out):
-        return _audit_locked(policy, old, out, cache, fail_on, log)
+        return _audit_locked(policy, old, out, cache, fail_on, log, device)
 
 
 def _audit_locked(
-    policy: "Policy", old: "AuditResult | None", out: Path, cache: Path, fail_on: str, log: Callable[[str], None]
+    policy: "Policy", old: "AuditResult | None", out: Path, cache: Path, fail_on: str, log: Callable[[str], None],
+    device: str = "cpu",
 ) -> int:
     import dataclasses
 
@@ -148,7 +156,7 @@ def _audit_locked(
     errors_log = out / "errors.log"
     errors_log.unlink(missing_ok=True)
     command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log)
+    outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log, device=device)
     result = outcome.result
     if old is not None:
         result = dataclasses.replace(result, baseline=diff_results(old, result))
@@ -173,10 +181,13 @@ def _audit_locked(
 @click.option("--quiet", is_flag=True, help="no progress on stderr")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="an earlier results.json: the report gets a 'Changes since the baseline' section")
+@device_option
 @_guard
-def run(policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None) -> None:
+def run(
+    policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None, device: str
+) -> None:
     """Run the audit POLICY describes; write results.json and the report into --out."""
-    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet, baseline))
+    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet, baseline, device))
 
 
 @main.command("diff")
@@ -202,14 +213,15 @@ def diff_command(old: Path, new: Path, json_out: Path | None, fail_on_regression
 
 @main.command()
 @click.argument("policy", type=click.Path(path_type=Path))
+@device_option
 @_guard
-def validate(policy: Path) -> None:
+def validate(policy: Path, device: str) -> None:
     """Check POLICY: schema, files, layers, images. Exit 0 when the audit can run."""
     from auditor import pipeline
     from auditor.policy import load_policy
 
     p = load_policy(policy)
-    pipeline.prepare(p, Path(tempfile.gettempdir()) / "auditor-validate-cache", lambda _m: None)
+    pipeline.prepare(p, Path(tempfile.gettempdir()) / "auditor-validate-cache", lambda _m: None, device)
     click.echo(f"{policy}: valid ({len(p.checks)} checks, models: {', '.join(p.models)})")
 
 
@@ -217,15 +229,26 @@ def validate(policy: Path) -> None:
 @click.argument("model")
 @click.option("--size", type=int, default=None, help="input image side for torch models (ONNX models know it)")
 @click.option("--trust-pickle", is_flag=True, help="allow a whole pickled nn.Module (runs code from the file)")
+@device_option
 @_guard
-def layers(model: str, size: int | None, trust_pickle: bool) -> None:
-    """List MODEL's layers (a file, or module:factory[@weights]) with output shapes and relative depths."""
+def layers(model: str, size: int | None, trust_pickle: bool, device: str) -> None:
+    """List MODEL's layers (a file, or module:factory[@weights]) with output shapes, kinds and relative depths.
+
+    \b
+    Every name listed can go in a policy's `layers:` (docs/layers.md).
+    ONNX: every float tensor, by its tensor name; the kind is the producing op.
+    torch (module:factory, torch.export .pt2, TorchScript; the same names in all three): module outputs by
+    module path (features.4), kind the module class; functional results (F.relu6(x), x + y, torch.flatten) as
+    <module path>.<op> of the module whose code makes the call (layer1.0.add, blocks.2.relu6; in the top-level
+    module no path: flatten), the second call of an op in the same module <op>_1, and so on; kind the op.
+    An eager model torch.fx cannot trace lists module outputs only and says why in a last line.
+    """
     from auditor.models import load_path
 
     if size is not None and not 1 <= size <= 8192:
         raise UserError(f"--size {size}: image sides are whole numbers of pixels from 1 to 8192")
     # Without --size an ONNX model takes the size its graph declares; torch models declare none (224 then).
-    m = load_path(model, (3, size, size) if size else None, trust_pickle=trust_pickle)
+    m = load_path(model, (3, size, size) if size else None, trust_pickle=trust_pickle, device=device)
     from auditor.methods.similarity_depth import model_depths
 
     click.echo(f"# {m.name} ({m.framework}, input {tuple(m.input_shape)}, sha256 {m.sha256[:16]}...)")
@@ -235,6 +258,9 @@ def layers(model: str, size: int | None, trust_pickle: bool) -> None:
     for li in m.layers():
         click.echo(f"{li.name:<{width}}  {li.kind:<20}  {str(tuple(li.shape)):<{shape_width}}  "
                    f"depth {depths.relative(li.name):.3f}")
+    note = getattr(m, "graph_note", "")
+    if note:  # an eager model fx cannot trace: say why its functional results are missing
+        click.echo(f"# {note}")
 
 
 @main.command()
@@ -259,8 +285,9 @@ def render(results_json: Path, out: Path | None) -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fail-on", type=click.Choice(["critical", "major", "minor"]), default="minor", show_default=True)
+@device_option
 @_guard
-def demo(out: Path, seed: int, fail_on: str) -> None:
+def demo(out: Path, seed: int, fail_on: str, device: str) -> None:
     """Build the demo world, train two models, audit them, write DIR/report/report.pdf.
 
     The demo's candidate carries a planted shortcut, so its audit FAILs by design; the command exits 0 when
@@ -270,7 +297,7 @@ def demo(out: Path, seed: int, fail_on: str) -> None:
 
     log = _logger()
     policy_path = build_demo(out, seed, log)
-    code = _audit(policy_path, out / "report", out / "cache", fail_on, quiet=False)
+    code = _audit(policy_path, out / "report", out / "cache", fail_on, quiet=False, device=device)
     if code == EXIT_INTERNAL:
         sys.exit(code)
     click.echo(f"demo done: {out / 'report' / 'report.pdf'} (exit code of `auditor run` would be {code})", err=True)

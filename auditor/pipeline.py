@@ -22,7 +22,8 @@ from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import CheckError, NonFiniteError, UserError
 from auditor.methods import METHODS
-from auditor.models import Model, load_model
+from auditor.models import Model, load_model, resolve_framework
+from auditor.models import device as devices
 from auditor.policy import Policy, PolicyError, check_layers, layer_overrides
 from auditor.results import SCHEMA_VERSION, AuditResult, CheckResult, ImageSetInfo, ModelInfo, Provenance, Status
 
@@ -40,15 +41,18 @@ def preprocessing(policy: Policy) -> data.Preprocessing:
     return data.Preprocessing(size=policy.image_size, mean=tuple(p.mean), std=tuple(p.std), channel_order=p.channel_order)
 
 
-def _load_models(policy: Policy, problems: list[str]) -> dict[str, Model]:
+def _load_models(policy: Policy, problems: list[str], device: str = "cpu") -> dict[str, Model]:
     models: dict[str, Model] = {}
     shape = (3, *policy.image_size)
+    paths = {role: policy.resolve(spec.path) if spec.path else None for role, spec in policy.models.items()}
+    if device == "cuda":  # one line for the run, not one per model
+        devices.check_cuda(resolve_framework(paths[r], s.framework) for r, s in policy.models.items())
     for role, spec in policy.models.items():
-        path = policy.resolve(spec.path) if spec.path else None
+        path = paths[role]
         try:
             models[role] = load_model(
                 path, spec.framework, shape, factory=spec.factory, trust_pickle=spec.trust_pickle,
-                name=spec.name or role, search_dir=policy.root,
+                name=spec.name or role, search_dir=policy.root, device=device,
             )
         except UserError as e:
             problems.append(f"models.{role}: {e}")
@@ -221,20 +225,21 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, models: dict[str, Model
     )
 
 
-def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Context:
-    """Load models and image sets and check everything the policy names exists; raise PolicyError listing
-    every problem (one line each) before any computation starts."""
+def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None], device: str = "cpu") -> Context:
+    """Load models (on `device`: cpu, cuda or auto) and image sets and check everything the policy names
+    exists; raise PolicyError listing every problem (one line each) before any computation starts."""
     problems: list[str] = []
     pre = preprocessing(policy)
     log("loading models")
-    models = _load_models(policy, problems)
+    models = _load_models(policy, problems, device)
     _probe_models(policy, models, problems)
     _check_layers(policy, models, problems)
     log("checking image sets")
     sets = _image_sets(policy, pre, models, problems)
     if problems:
         raise PolicyError(policy.source, problems)
-    return Context(policy=policy, models=models, sets=sets, store=Store(cache_dir, pre, log), log=log)
+    cache = devices.cache_dir(cache_dir, (getattr(m, "device", "cpu") for m in models.values()))
+    return Context(policy=policy, models=models, sets=sets, store=Store(cache, pre, log), log=log)
 
 
 def created_timestamp() -> str:
@@ -270,7 +275,7 @@ def provenance(ctx: Context, command: str) -> Provenance:
             ModelInfo(
                 role=role, name=m.name, framework=m.framework, sha256=m.sha256,
                 path=str(policy.models[role].path or policy.models[role].factory),
-                trust_pickle=policy.models[role].trust_pickle,
+                trust_pickle=policy.models[role].trust_pickle, device=getattr(m, "device", "cpu"),
             )
             for role, m in ctx.models.items()
         ],
@@ -322,9 +327,10 @@ def correct_families(specs: list, results: list[CheckResult]) -> list[CheckResul
 
 
 def run_audit(
-    policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None
+    policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None,
+    device: str = "cpu",
 ) -> RunOutcome:
-    ctx = prepare(policy, cache_dir, log)
+    ctx = prepare(policy, cache_dir, log, device)
     checks = []
     for check in policy.checks:
         log(f"check {check.id} ({check.method})")

@@ -33,6 +33,7 @@ class ModelInfo:
     sha256: str
     path: str
     trust_pickle: bool = False
+    device: str = "cpu"  # where it ran: "cpu" or "cuda" (`auditor run --device`)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One layer (torch: a module path; ONNX: a tensor name) and its per-image output shape."""
+    """One layer (torch: a module path, or `<module path>.<op>` for a functional result, docs/layers.md; ONNX: a
+    tensor name) and its per-image output shape."""
 
     name: str
     shape: tuple[int, ...]  # without the batch axis, e.g. (C, H, W) or (D,)
-    kind: str  # torch: module class (Conv2d, ReLU, ...); ONNX: producing op type (Conv, Relu, ...)
+    kind: str  # torch: module class (Conv2d, ReLU, ...) or op (relu6, add); ONNX: producing op type (Conv, Relu, ...)
 
 
 class Head(Protocol):

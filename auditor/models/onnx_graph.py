@@ -42,10 +42,12 @@ def _session_options() -> ort.SessionOptions:
     return options
 
 
-def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
-    """A CPU session from a model proto (serialized here) or a file path."""
+def _session(
+    model: onnx.ModelProto | str, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
+    """A session (CPU unless `providers` say otherwise) from a model proto (serialized here) or a file path."""
     source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, _session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, _session_options(), providers=list(providers))
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

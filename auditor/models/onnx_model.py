@@ -1,4 +1,4 @@
-"""ONNX adapter: the Model protocol over onnxruntime (CPUExecutionProvider).
+"""ONNX adapter: the Model protocol over onnxruntime (CPUExecutionProvider; CUDA's first with `--device cuda`).
 
 Layers are ONNX tensor names (e.g. ``/features/features.3/Relu_output_0`` from torch's exporter). Activations come
 from one session run per batch on a copy of the graph whose outputs include the requested tensors. The head from a
@@ -64,6 +64,7 @@ class OnnxModel:
     name : display name; defaults to the file stem.
     input_name : the image input, needed only when the graph has several inputs.
     output_name : the logits output; defaults to the graph's first output.
+    providers : onnxruntime execution providers in order of preference (auditor.models.device.onnx_providers).
 
     Raises
     ------
@@ -80,10 +81,12 @@ class OnnxModel:
         name: str | None = None,
         input_name: str | None = None,
         output_name: str | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         path = Path(path)
         self.path = path
         self.name = name or path.stem
+        self._providers = tuple(providers)
         self._model, data_files = self._load(path)
         graph = self._model.graph
         self._initializers = {t.name for t in graph.initializer}
@@ -91,10 +94,11 @@ class OnnxModel:
         self._output = self._pick_output(output_name)
         self.input_shape, self._fixed_batch, self._batch_dim = self._read_input_shape()
         try:
-            self._session = _session(str(path))
+            self._session = _session(str(path), self._providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unsupported graphs
             raise _load_error(path, _one_line(exc)) from exc
         self.sha256 = _sha256([path, *data_files])
+        self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
         # Graph structure: which node produces each tensor, and which tensors depend on the image.
         self._producer: dict[str, onnx.NodeProto] = {}
@@ -243,7 +247,7 @@ class OnnxModel:
         """Per-image shapes of float32 batch-first tensors among `names`, from one run on a batch of zeros."""
         batch = self._fixed_batch or PROBE_BATCH
         try:
-            session = _session(_with_outputs(self._model, names, typed=False))
+            session = _session(_with_outputs(self._model, names, typed=False), self._providers)
             values = session.run(names, {self._input: np.zeros((batch, *self.input_shape), np.float32)})
         except Exception as exc:
             raise _load_error(self.path, f"a run on zeros failed ({_one_line(exc)})") from exc
@@ -295,7 +299,7 @@ class OnnxModel:
         key = frozenset(wanted)
         session = self._sessions.get(key)
         if session is None:
-            session = _session(_with_outputs(self._model, sorted(key)))
+            session = _session(_with_outputs(self._model, sorted(key)), self._providers)
             if len(self._sessions) >= MAX_CACHED_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))  # drop the oldest
             self._sessions[key] = session
@@ -369,7 +373,7 @@ class OnnxModel:
         extras = self._head_extras(info.name)
         try:
             cut = onnx.utils.Extractor(self._model).extract_model([info.name, *extras], [self._output])
-            session = _session(cut)
+            session = _session(cut, self._providers)
         except Exception as exc:
             raise CheckError(f"{self.name}: cannot cut the head at layer {info.name!r}: {_one_line(exc)}") from exc
         return OnnxHead(self, info, session=session, extras=extras)

@@ -2,11 +2,15 @@
 
 Two mechanisms reach a layer's activations and the head above it:
 
-- eager `nn.Module`s (factory + state_dict/safetensors, exported programs, trusted pickles): forward hooks that
-  record a module's output, or replace it with given activations (the head);
+- eager `nn.Module`s (factory + state_dict/safetensors, trusted pickles): forward hooks that record a module's
+  output, or replace it with given activations (the head); functional results (`F.relu6(x)`, `x + y`) and every
+  value of a `torch.export` program through the module's fx graph (torch_graph.py);
 - TorchScript: hooks are refused on ScriptModules, so we edit a copy of the inlined graph instead. Every op in
-  it carries its module hierarchy (`features(Sequential).3(ReLU)`); a layer's value is the last op of that
-  module. Extra graph outputs give activations; replacing the value by a new graph input gives the head.
+  it carries its module hierarchy (`features(Sequential).3(ReLU)`); a module's value is the last op of that
+  module, a functional result is named as for fx (torch_graph.py). Extra graph outputs give activations;
+  replacing the value by a new graph input gives the head.
+
+Loading is in torch_load.py; `device` moves the module there and numpy in and out stays on the CPU.
 
 Either way the head runs the network on the real images `x` with the layer's value substituted, so skip
 paths around the layer keep their real values (what the gradient of the logit w.r.t. the layer means).
@@ -14,13 +18,11 @@ paths around the layer keep their real values (what the gradient of the logit w.
 
 from __future__ import annotations
 
+import copy
 import difflib
-import hashlib
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,18 +30,12 @@ from torch import nn
 
 from auditor.errors import UserError, require_finite
 from auditor.models.base import LayerInfo
-from auditor.models.factory import factory_sha256, import_factory
+
+if TYPE_CHECKING:
+    from auditor.models.torch_graph import GraphLayers
 
 BATCH = 64
-
-
-def file_sha256(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+CPU = torch.device("cpu")
 
 
 def _unknown_layer(name: str, known: Sequence[str], model: str) -> UserError:
@@ -72,7 +68,7 @@ def _grads_at(logits: torch.Tensor, target: int, values: Sequence[torch.Tensor])
             logits[:, target].sum(), [values[i] for i in tracked], allow_unused=True, materialize_grads=True
         )
         for i, g in zip(tracked, got):
-            grads[i] = g.detach().numpy()
+            grads[i] = g.detach().cpu().numpy()
     return grads
 
 
@@ -87,18 +83,18 @@ def _joined(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
 
 def _owned(t: torch.Tensor) -> np.ndarray:
     """A C-ordered float32 copy of a tensor (the network may change the tensor in place later)."""
-    return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
+    return np.array(t.detach().cpu().numpy(), dtype=np.float32, order="C", copy=True)
 
 
 # Probe input for the layout choice: a fixed pattern, so the choice is the same on every run.
 _PROBE_SEED = 0
 
 
-def _as_input(x: np.ndarray, layout: torch.memory_format) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).contiguous(memory_format=layout)
+def _as_input(x: np.ndarray, layout: torch.memory_format, device: torch.device = CPU) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device).contiguous(memory_format=layout)
 
 
-def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory_format:
+def _layout_for(module: nn.Module, input_shape: tuple[int, ...], device: torch.device = CPU) -> torch.memory_format:
     """channels_last for conv nets when it gives the same logits, else the default layout.
 
     oneDNN's convolutions run faster on channels-last tensors on CPU (a ResNet-18 forward pass on one core: 1.6 s
@@ -109,7 +105,7 @@ def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory
     convs = any(isinstance(m, nn.Conv2d) or getattr(m, "original_name", "") == "Conv2d" for m in module.modules())
     if len(input_shape) != 3 or not convs:
         return torch.contiguous_format
-    x = torch.from_numpy(np.random.default_rng(_PROBE_SEED).random((2, *input_shape), dtype=np.float32))
+    x = torch.from_numpy(np.random.default_rng(_PROBE_SEED).random((2, *input_shape), dtype=np.float32)).to(device)
     try:
         with torch.no_grad():
             plain = module(x)
@@ -125,6 +121,16 @@ def _layout_for(module: nn.Module, input_shape: tuple[int, ...]) -> torch.memory
         module.to(memory_format=torch.contiguous_format)
         return torch.contiguous_format
     return torch.channels_last
+
+
+def _on_cpu(model: "ModuleModel | ScriptModel") -> nn.Module:
+    """A model's module on the CPU: itself, or (run on another device) a copy made once. ClaDec trains its
+    decoder through the module with CPU tensors."""
+    if model._device.type == "cpu":
+        return model._module
+    if model._cpu_copy is None:
+        model._cpu_copy = copy.deepcopy(model._module).to(CPU)
+    return model._cpu_copy
 
 
 # ----------------------------------------------------------------------------------------------- eager modules
@@ -156,13 +162,17 @@ class AutogradHead:
         return _contract(self.grad(acts, x, target), directions)
 
 
-def _module_head(module: nn.Module, layer: str, layout: torch.memory_format) -> AutogradHead:
+def _module_head(module: nn.Module, layer: str, layout: torch.memory_format, device: torch.device) -> AutogradHead:
     target = dict(module.named_modules())[layer]
 
     def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        handle = target.register_forward_hook(lambda _m, _i, _o: acts)
+        # (`.to` is differentiable and the identity on the CPU: gradients come back to the caller's tensor.) The
+        # network reads a copy: an in-place op after the layer (ReLU(inplace=True)) wrote on the caller's array
+        # (logits) or failed on the leaf tensor (grad).
+        on_device = acts.to(device)
+        handle = target.register_forward_hook(lambda _m, _i, _o: on_device.clone())
         try:
-            return module(x.contiguous(memory_format=layout))
+            return module(x.to(device).contiguous(memory_format=layout)).cpu()
         finally:
             handle.remove()
 
@@ -170,34 +180,52 @@ def _module_head(module: nn.Module, layer: str, layout: torch.memory_format) -> 
 
 
 class ModuleModel:
-    """An eager `nn.Module` in eval mode, parameters frozen."""
+    """An eager `nn.Module` (or a torch.export program's module) in eval mode, parameters frozen, on `device`.
+
+    Module outputs of eager modules are read by forward hooks; functional results, and every value of an exported
+    program (whose module calls are inlined, so no hook fires), through its fx graph (torch_graph.py)."""
 
     def __init__(
-        self, module: nn.Module, name: str, sha256: str, framework: str, input_shape: tuple[int, ...]
+        self, module: nn.Module, name: str, sha256: str, framework: str, input_shape: tuple[int, ...],
+        device: str = "cpu",
     ) -> None:
-        self._module = module.eval()
+        self._device = torch.device(device)
+        # An exported program is in the mode it was exported in (its module refuses `eval()`).
+        self._module = (module if framework == "torch-export" else module.eval()).to(self._device)
         for p in self._module.parameters():
             p.requires_grad_(False)
         self.name = name
         self.sha256 = sha256
         self.framework = framework
+        self.device = self._device.type
         self.input_shape = tuple(input_shape)
         self._layers: list[LayerInfo] | None = None
-        self._layout = _layout_for(self._module, self.input_shape)
+        self._layout = _layout_for(self._module, self.input_shape, self._device)
+        self._graph: GraphLayers | None = None
+        self.graph_note = ""  # why functional results are not listed ("" when they are), set by layers()
+        self._cpu_copy: nn.Module | None = None
 
     @property
     def torch_module(self) -> nn.Module:
-        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
-        return self._module
+        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there)."""
+        return _on_cpu(self)
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
-            mods = {n: m for n, m in self._module.named_modules() if n}
-            acts = self._capture(np.zeros((1, *self.input_shape), np.float32), list(mods))
-            self._layers = [
-                LayerInfo(n, tuple(acts[n].shape[1:]), type(mods[n]).__name__) for n in mods if n in acts
-            ]
+            exported = self.framework == "torch-export"
+            from auditor.models.torch_graph import graph_for  # (torch_graph imports this module's helpers)
+
+            self._graph, self.graph_note = graph_for(
+                self._module, self.name, exported, self._device, self._layout, self.predict, self.input_shape
+            )
+            hooked = [] if exported else self._hook_layers()
+            self._layers = hooked if self._graph is None else self._graph.merged(hooked, self.input_shape)
         return self._layers
+
+    def _hook_layers(self) -> list[LayerInfo]:
+        mods = {n: m for n, m in self._module.named_modules() if n}
+        acts = self._capture(np.zeros((1, *self.input_shape), np.float32), list(mods))
+        return [LayerInfo(n, tuple(acts[n].shape[1:]), type(mods[n]).__name__) for n in mods if n in acts]
 
     @contextmanager
     def _hooks(self, names: Sequence[str], seen: dict[str, np.ndarray]) -> Iterator[None]:
@@ -227,7 +255,7 @@ class ModuleModel:
         with torch.no_grad(), self._hooks(names, seen):
             for s in _batches(len(x)):
                 seen.clear()
-                self._module(_as_input(x[s], self._layout))
+                self._module(_as_input(x[s], self._layout, self._device))
                 for n, a in seen.items():
                     store.setdefault(n, []).append(a)
         return _joined(store)
@@ -235,22 +263,35 @@ class ModuleModel:
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = np.concatenate(
-                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout, self._device)).cpu().numpy() for s in _batches(len(x))]
             ).astype(np.float32)
         return require_finite(logits, f"model {self.name}, logits")
 
-    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+    def _split(self, layers: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The requested layers (unknown ones a UserError) as (module outputs read by hooks, graph values)."""
         known = [li.name for li in self.layers()]
         for layer in layers:
             if layer not in known:
-                raise _unknown_layer(layer, known, self.name)
-        return self._capture(x, list(layers))
+                note = f"; {self.graph_note}" if self.graph_note else ""
+                raise UserError(f"{_unknown_layer(layer, known, self.name)}{note}")
+        names = list(dict.fromkeys(layers))
+        graphed = [n for n in names if self._graph is not None and n in self._graph]
+        return [n for n in names if n not in graphed], graphed
+
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        hooked, graphed = self._split(layers)
+        out = self._capture(x, hooked) if hooked else {}
+        if graphed:
+            assert self._graph is not None
+            out.update(self._graph.activations(x, graphed))
+        return out
 
     def head(self, layer: str) -> AutogradHead:
-        known = [li.name for li in self.layers()]
-        if layer not in known:
-            raise _unknown_layer(layer, known, self.name)
-        return _module_head(self._module, layer, self._layout)
+        hooked, _ = self._split([layer])
+        if not hooked:
+            assert self._graph is not None
+            return self._graph.head(layer)
+        return _module_head(self._module, layer, self._layout, self._device)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -259,12 +300,20 @@ class ModuleModel:
     def layer_acts_and_grads(
         self, x: np.ndarray, layers: Sequence[str], target: int
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """({layer: activations}, {layer: d logit[target] / d activations}) from the same passes."""
-        names = list(dict.fromkeys(layers))
-        known = [li.name for li in self.layers()]
-        for layer in names:
-            if layer not in known:
-                raise _unknown_layer(layer, known, self.name)
+        """({layer: activations}, {layer: d logit[target] / d activations}) from the same passes: one pass per
+        batch for module outputs (hooks), one for graph values; a request mixing both takes the two."""
+        hooked, graphed = self._split(layers)
+        acts, grads = self._hooked_acts_and_grads(x, hooked, target) if hooked else ({}, {})
+        if graphed:
+            assert self._graph is not None
+            more_acts, more_grads = self._graph.acts_and_grads(x, graphed, target)
+            acts.update(more_acts)
+            grads.update(more_grads)
+        return acts, grads
+
+    def _hooked_acts_and_grads(
+        self, x: np.ndarray, names: list[str], target: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         mods = dict(self._module.named_modules())
         seen: dict[str, torch.Tensor] = {}
 
@@ -290,12 +339,12 @@ class ModuleModel:
             for s in _batches(len(x)):
                 seen.clear()
                 with torch.enable_grad():
-                    logits = self._module(_as_input(x[s], self._layout))
+                    logits = self._module(_as_input(x[s], self._layout, self._device))
                 missing = [n for n in names if n not in seen]
                 if missing:
                     raise RuntimeError(f"{self.name}: layers {missing} produced no tensor in the forward pass")
                 for n, g in zip(names, _grads_at(logits, target, [seen[n] for n in names])):
-                    acts[n].append(seen[n].detach().numpy())
+                    acts[n].append(seen[n].detach().cpu().numpy())
                     grads[n].append(g)
         finally:
             for h in handles:
@@ -331,23 +380,42 @@ def layer_values(graph: torch._C.Graph) -> dict[str, torch._C.Value]:
     return values
 
 
-def _script_head(module: torch.jit.ScriptModule, layer: str, layout: torch.memory_format) -> AutogradHead:
+def _script_graph(module: torch.jit.ScriptModule) -> torch._C.Graph:
+    """A copy of the inlined graph with constant conditions folded: `F.relu6(x)` inlines as an `if inplace:` on a
+    constant, and its result would otherwise be a `prim::If`'s, not the op's, with no module path to name it."""
     graph = module.inlined_graph.copy()
-    value = layer_values(graph)[layer]
+    torch._C._jit_pass_constant_propagation(graph)
+    return graph
+
+
+def _script_head(
+    module: torch.jit.ScriptModule, value_of: Callable[[torch._C.Graph], torch._C.Value], layout: torch.memory_format,
+    device: torch.device,
+) -> AutogradHead:
+    from auditor.models.torch_graph import tap_script
+
+    graph = _script_graph(module)
+    value = value_of(graph)
     acts_in = graph.addInput("acts")
     acts_in.setType(value.type())
     value.replaceAllUsesWith(acts_in)
+    tap_script(graph, acts_in)  # an in-place op downstream writes on a copy, never on the caller's array
     # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
     torch._C._jit_pass_dce(graph)
     fn = torch._C._create_function_from_graph("auditor_head", graph)
-    return AutogradHead(lambda acts, x: fn(module._c, x.contiguous(memory_format=layout), acts))
+    return AutogradHead(lambda acts, x: fn(module._c, x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu())
 
 
 class ScriptModel:
     """A TorchScript file: activations and heads from edited copies of its inlined graph."""
 
-    def __init__(self, module: torch.jit.ScriptModule, name: str, sha256: str, input_shape: tuple[int, ...]) -> None:
-        self._module = module.eval()
+    def __init__(
+        self, module: torch.jit.ScriptModule, name: str, sha256: str, input_shape: tuple[int, ...], device: str = "cpu"
+    ) -> None:
+        self._device = torch.device(device)
+        self.device = self._device.type
+        self._cpu_copy: nn.Module | None = None
+        self._module = module.eval().to(self._device)
         for p in self._module.parameters():
             p.requires_grad_(False)
         self.name = name
@@ -359,12 +427,26 @@ class ScriptModel:
         self._kinds = {
             n: m.original_name for n, m in self._module.named_modules() if n
         }
-        self._layout = _layout_for(self._module, self.input_shape)
+        self._layout = _layout_for(self._module, self.input_shape, self._device)
+
+    def _values(self, graph: torch._C.Graph) -> dict[str, torch._C.Value]:
+        """Layer name -> value in `graph` (the inlined graph or a copy): module outputs, functional results."""
+        from auditor.models.torch_graph import script_functional  # (torch_graph imports this module)
+
+        values = layer_values(graph)
+        values.update({n: v for n, v, _, _ in script_functional(graph, set(values) | set(self._kinds))})
+        return values
 
     def _extractor(self, layers: tuple[str, ...]) -> Callable:
         if layers not in self._extractors:
-            graph = self._module.inlined_graph.copy()
-            values = layer_values(graph)
+            from auditor.models.torch_graph import tap_script
+
+            graph = _script_graph(self._module)
+            values = self._values(graph)
+            # The rest of the graph reads copies: an in-place op after a layer (ReLU(inplace=True) after a conv,
+            # `out += identity`) must not change the value read out or differentiated against.
+            for value in {values[layer].unique(): values[layer] for layer in layers}.values():
+                tap_script(graph, value)
             for layer in layers:
                 graph.registerOutput(values[layer])
             graph.makeMultiOutputIntoTuple()
@@ -376,29 +458,40 @@ class ScriptModel:
         logits, acts = [], {n: [] for n in layers}
         with torch.no_grad():
             for s in _batches(len(x)):
-                out = fn(self._module._c, _as_input(x[s], self._layout))
-                logits.append(out[0].numpy())
+                out = fn(self._module._c, _as_input(x[s], self._layout, self._device))
+                logits.append(out[0].cpu().numpy())
                 for n, a in zip(layers, out[1:]):
-                    acts[n].append(a.numpy())
+                    acts[n].append(a.cpu().numpy())
         return np.concatenate(logits).astype(np.float32), _joined(acts)
 
     @property
     def torch_module(self) -> nn.Module:
-        """The network itself, in eval mode with frozen parameters (ClaDec decodes through it)."""
-        return self._module
+        """The network itself, in eval mode with frozen parameters, on the CPU (ClaDec decodes through it there)."""
+        return _on_cpu(self)
 
     def layers(self) -> list[LayerInfo]:
+        """Module outputs in module order, functional results (float, batch-first) among them in graph order."""
         if self._layers is None:
-            names = tuple(layer_values(self._module.inlined_graph))
-            _, acts = self._run(np.zeros((1, *self.input_shape), np.float32), names)
-            order = [n for n, _ in self._module.named_modules() if n in acts]
-            self._layers = [LayerInfo(n, tuple(acts[n].shape[1:]), self._kinds.get(n, "")) for n in order]
+            from auditor.models.torch_graph import merge_in_order, script_first_nodes, script_functional
+
+            graph = _script_graph(self._module)
+            names = tuple(self._values(graph))
+            with torch.no_grad():  # two images: a value whose first axis is not the batch is told apart
+                out = self._extractor(names)(self._module._c, _as_input(np.zeros((2, *self.input_shape)), self._layout, self._device))
+            got = {n: v for n, v in zip(names, out[1:]) if isinstance(v, torch.Tensor)}
+            modules = [LayerInfo(n, tuple(got[n].shape[1:]), self._kinds[n]) for n in self._kinds if n in got]
+            functional = [
+                (index, LayerInfo(n, tuple(got[n].shape[1:]), op))
+                for n, _, op, index in script_functional(graph, set(layer_values(graph)) | set(self._kinds))
+                if n in got and got[n].is_floating_point() and got[n].dim() >= 2 and len(got[n]) == 2
+            ]
+            self._layers = merge_in_order(modules, functional, script_first_nodes(graph))
         return self._layers
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             logits = np.concatenate(
-                [self._module(_as_input(x[s], self._layout)).numpy() for s in _batches(len(x))]
+                [self._module(_as_input(x[s], self._layout, self._device)).cpu().numpy() for s in _batches(len(x))]
             ).astype(np.float32)
         return require_finite(logits, f"model {self.name}, logits")
 
@@ -414,7 +507,7 @@ class ScriptModel:
 
     def head(self, layer: str) -> AutogradHead:
         self._check(layer)
-        return _script_head(self._module, layer, self._layout)
+        return _script_head(self._module, lambda g: self._values(g)[layer], self._layout, self._device)
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
@@ -437,84 +530,9 @@ class ScriptModel:
         with torch.jit.optimized_execution(False), torch.enable_grad():
             for s in _batches(len(x)):
                 # Frozen parameters: the input is what makes autograd record the pass.
-                xb = _as_input(x[s], self._layout).requires_grad_(True)
+                xb = _as_input(x[s], self._layout, self._device).requires_grad_(True)
                 res = fn(self._module._c, xb)
                 for n, v, g in zip(names, res[1:], _grads_at(res[0], target, list(res[1:]))):
-                    acts[n].append(v.detach().numpy())
+                    acts[n].append(v.detach().cpu().numpy())
                     grads[n].append(g)
         return _joined(acts), _joined(grads)
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-
-
-@dataclass(frozen=True)
-class TorchSpec:
-    path: Path | None  # weights, TorchScript or .pt2 file
-    factory: str | None  # "package.module:function" building the nn.Module
-    trust_pickle: bool
-    input_shape: tuple[int, ...]
-    name: str
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state_dict (a dict of tensors), found {type(state).__name__}")
-    return state
-
-
-def load_torch(spec: TorchSpec, search_dir: Path | None = None):
-    """Load a torch model as the spec says.
-
-    Returns a `ScriptModel` for TorchScript files and a `ModuleModel` otherwise.
-    """
-    path = spec.path
-    if path is not None and not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    try:
-        if spec.factory:
-            factory_module, factory = import_factory(spec.factory, search_dir)
-            module = factory()
-            if not isinstance(module, nn.Module):
-                raise UserError(f"factory {spec.factory!r} returned {type(module).__name__}, not an nn.Module")
-            # The code that builds the network is hashed with the weights (factory.py says why).
-            sha = factory_sha256(spec.factory, factory_module, module, path)
-            if path is not None:
-                missing, unexpected = module.load_state_dict(_load_state(path), strict=False)
-                if missing or unexpected:
-                    raise UserError(
-                        f"{path}: weights do not fit {spec.factory}: missing {list(missing)[:3]}, "
-                        f"unexpected {list(unexpected)[:3]}"
-                    )
-            return ModuleModel(module, spec.name, sha, "torch", spec.input_shape)
-        assert path is not None
-        sha = file_sha256([path])
-        if path.suffix == ".pt2":
-            program = torch.export.load(str(path))
-            return ModuleModel(program.module(), spec.name, sha, "torch-export", spec.input_shape)
-        try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-            return ScriptModel(scripted, spec.name, sha, spec.input_shape)
-        except RuntimeError as script_error:
-            if not spec.trust_pickle:
-                raise UserError(
-                    f"{path}: not a TorchScript file ({str(script_error).splitlines()[0]}); a state_dict needs "
-                    "`factory: module:function`, and a pickled nn.Module needs `trust_pickle: true` "
-                    "(it runs code from the file)"
-                ) from script_error
-        module = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(module, nn.Module):
-            raise UserError(f"{path}: the pickle holds {type(module).__name__}, not an nn.Module")
-        return ModuleModel(module, spec.name, sha, "torch-pickle", spec.input_shape)
-    except UserError:
-        raise
-    except Exception as e:  # a model that does not load is a user input problem: one line, exit 2
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path or spec.factory}: cannot load torch model: {first}") from e
