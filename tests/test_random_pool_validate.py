@@ -83,11 +83,11 @@ def test_a_small_pool_is_named_by_validate_and_by_run_before_any_work(tiny_world
         lines = _lines(res, 3)
         tcav = next(line for line in lines if "checks[0]" in line)
         assert "checks[0].random_sets: test welch draws random_sets + 1 = 3 disjoint sets of set_size = 12" in tcav
-        assert "data.random.folder (pool)" in tcav and "36 images, the folder has 30; add 6 images" in tcav
+        assert "data.random.folder (pool)" in tcav and "it needs 36 images, the folder has 30; add 6 images" in tcav
         assert "lower random_sets / set_size" in tcav
         sacv = next(line for line in lines if "checks[1]" in line)
         assert "checks[1].random_sets: test exchangeable draws random_sets = 2 sets of set_size = 10 images" in sacv
-        assert "40 images, the folder has 30; add 10 images" in sacv and "or use test: welch" in sacv
+        assert "it needs 40 images, the folder has 30; add 10 images" in sacv and "or use test: welch" in sacv
         assert any("missing" in line for line in lines)
     assert not (tmp_path / "out" / "results.json").exists()  # `run` stopped before computing anything
     # The fixes the lines name: sets that fit the pool exactly pass.

@@ -223,7 +223,7 @@ def size_problems(check, where: str, pool: int | None, concepts: dict[str, int],
         else:
             what = (f"test exchangeable draws random_sets = {check.random_sets} sets of {size} and its pseudo-concepts "
                     f"from {MIN_SPARE_SETS} more sets")
-        out.append(f"{where}.random_sets: {what}, all from {source}: {need} images, the folder has {pool}; add "
+        out.append(f"{where}.random_sets: {what}, all from {source}: it needs {need} images, the folder has {pool}; add "
                    f"{need - pool} images to it or lower random_sets / set_size"
                    + ("" if welch else ", or use test: welch"))
     for j, c in enumerate([] if welch else check.concepts):
