@@ -182,7 +182,7 @@ def test_validate_refuses_a_pool_without_spare_images(tiny_world, tmp_path):
     policy = load_policy(_policy(tiny_world, tmp_path, check))
     with pytest.raises(PolicyError) as e:
         pipeline.prepare(policy, tmp_path / "cache", lambda _m: None)
-    assert "checks[0]: test exchangeable" in str(e.value) and "needs 108 images" in str(e.value)
+    assert "checks[0].random_sets: test exchangeable" in str(e.value) and "needs 108 images" in str(e.value)
 
 
 def test_validate_refuses_a_concept_smaller_than_set_size(tiny_world, tmp_path):

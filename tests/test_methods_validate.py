@@ -133,4 +133,5 @@ def test_a_welch_tcav_check_larger_than_the_random_pool_fails_validate(world):
     policy.write_text(text)
     assert _validate(policy).returncode == 0
     policy.write_text(text.replace("random_sets: 9", "random_sets: 10"))
-    _one_line(_validate(policy), "checks[0]: test welch draws 11 disjoint random sets of 10", "the pool has 100")
+    _one_line(_validate(policy), "checks[0].random_sets: test welch draws random_sets + 1 = 11 disjoint sets of set_size = 10",
+              "the folder has 100")

@@ -63,7 +63,7 @@ def validate(check: Any, policy: Any, pre: data.Preprocessing, where: str, probl
             n = _count(policy.resolve(d.concepts.folder) / c)
             if n is not None:
                 concepts[c] = n
-    problems.extend(exchangeable.size_problems(check, where, pool, concepts))
+    problems.extend(exchangeable.size_problems(check, where, pool, concepts, d.random.folder if d.random else ""))
     return []
 
 

@@ -205,27 +205,30 @@ def spare_warning(spare: int, size: int) -> str | None:
             f"pool with {WARN_SPARE_SETS} sets beyond the random sets avoids it")
 
 
-def size_problems(check, where: str, pool: int | None, concepts: dict[str, int]) -> list[str]:
-    """What the policy's sets lack for a check's exchangeability test (one line each, with the fix): a spare pool
-    of MIN_SPARE_SETS sets beyond the N paired random sets (a pseudo-pair of relative TCAV takes two disjoint
+def size_problems(check, where: str, pool: int | None, concepts: dict[str, int], pool_folder: str = "") -> list[str]:
+    """What the policy's sets lack for a check's random draws and exchangeability test (one line each, naming the
+    YAML key, the counts and the fix): Welch draws N + 1 disjoint random sets; the exchangeability test a spare
+    pool of MIN_SPARE_SETS sets beyond the N paired random sets (a pseudo-pair of relative TCAV takes two disjoint
     sets of it), and concept folders of `set_size` (a pseudo-concept has `set_size` images: a smaller concept set
-    would not be exchangeable with it)."""
-    if getattr(check, "test", None) != "exchangeable":
-        need = (check.random_sets + 1) * check.set_size  # Welch: N + 1 disjoint random sets
-        if pool is not None and pool < need:
-            return [f"{where}: test welch draws {check.random_sets + 1} disjoint random sets of {check.set_size} "
-                    f"images: it needs {need} images, the pool has {pool}; add images or lower random_sets / set_size"]
-        return []
+    would not be exchangeable with it). `pool` is the number of images in data.random.folder (`pool_folder`)."""
+    welch = getattr(check, "test", None) != "exchangeable"
+    sets = check.random_sets + (1 if welch else MIN_SPARE_SETS)
+    need = sets * check.set_size
     out = []
-    need = (check.random_sets + MIN_SPARE_SETS) * check.set_size
     if pool is not None and pool < need:
-        out.append(f"{where}: test exchangeable draws pseudo-concepts from the random pool beyond its "
-                   f"{check.random_sets} random sets: it needs {need} images ({check.random_sets} + "
-                   f"{MIN_SPARE_SETS} sets of {check.set_size}), the pool has {pool}; add images, lower "
-                   "random_sets / set_size, or use test: welch")
-    for c in check.concepts:
+        source = f"data.random.folder ({pool_folder})" if pool_folder else "data.random.folder"
+        size = f"set_size = {check.set_size} images"
+        if welch:
+            what = f"test welch draws random_sets + 1 = {sets} disjoint sets of {size}"
+        else:
+            what = (f"test exchangeable draws random_sets = {check.random_sets} sets of {size} and its pseudo-concepts "
+                    f"from {MIN_SPARE_SETS} more sets")
+        out.append(f"{where}.random_sets: {what}, all from {source}: it needs {need} images, the folder has {pool}; add "
+                   f"{need - pool} images to it or lower random_sets / set_size"
+                   + ("" if welch else ", or use test: welch"))
+    for j, c in enumerate([] if welch else check.concepts):
         # (A folder of fewer than 3 images has its own line from the pipeline: one line per mistake.)
         if c in concepts and 3 <= concepts[c] < check.set_size:
-            out.append(f"{where}: concept {c!r} has {concepts[c]} images; test exchangeable compares it with "
-                       f"pseudo-concepts of set_size {check.set_size}: add images or lower set_size")
+            out.append(f"{where}.concepts[{j}]: concept {c!r} has {concepts[c]} images; test exchangeable compares "
+                       f"it with pseudo-concepts of set_size {check.set_size}: add images or lower set_size")
     return out

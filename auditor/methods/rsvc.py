@@ -36,6 +36,7 @@ from auditor.context import Context, derive_seed
 from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.methods import rsvc_labels
+from auditor.methods.rsvc_grad import GradStats, concept_gradient, head_agreement  # noqa: F401  (rsvc's names)
 from auditor.methods.rsvc_reported import reported_text
 from auditor.models.base import Model
 from auditor.policy import check_layers
@@ -47,14 +48,6 @@ from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_ima
     Clock, Pool, _pool, images_root, is_negative, layer_where, negative_message, split_images,
 )
 
-# Central differences for ONNX heads: the step moves the activation by this fraction of its typical norm
-# (the ONNX adapter's own choice for its directional derivatives, see OnnxHead._steps).
-FD_RELATIVE_STEP = 5e-4
-# Classes whose softmax probability stays below this at every point of a batch are left out of the -CE gradient
-# (their weight in it is that probability): a 1000-class model then costs a few backward passes, not 1000.
-NEGLIGIBLE_PROBABILITY = 1e-6
-# Bytes of head input (activations + images) per head call.
-HEAD_CHUNK_BYTES = 48 * 2**20
 COLLAGE = 9  # patches per collage (3 x 3)
 GALLERY = 6  # top patches per concept in the concept gallery
 SCATTER_DIGITS = 4
@@ -132,112 +125,6 @@ def _means(
             raise CheckError(negative_message(layer_where(check, ctx.policy, role), layer, role, low))
         out[layer] = np.maximum(core.spatial_mean(a), 0.0)
     return out
-
-
-# ------------------------------------------------------------------------------------------------ importance
-
-
-def _broadcast(V: np.ndarray, W: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The concept reconstruction V W (m, C) placed at every position of a (C, h, w) layer: (m, C, h, w)."""
-    rec = (np.asarray(V, np.float64) @ W).astype(np.float32)
-    return np.ascontiguousarray(np.broadcast_to(rec.reshape(len(rec), shape[0], *([1] * (len(shape) - 1))),
-                                                (len(rec), *shape)))
-
-
-def _needs_images(head: object) -> bool:
-    # An ONNX head without skip paths never reads the input images; every other head is given them.
-    return getattr(head, "extras", None) != []
-
-
-@dataclass
-class GradStats:
-    omitted_mass: float = 0.0  # largest probability left out of a -CE gradient (NEGLIGIBLE_PROBABILITY rule)
-    head_rows: int = 0
-
-
-def concept_gradient(
-    model: Model, layer: str, W: np.ndarray, shape: tuple[int, ...], patches: np.ndarray, target: int,
-    scale: float, stats: GradStats,
-) -> Callable[[np.ndarray], np.ndarray]:
-    """grad(V): d log softmax(h(V W placed at every position))[target] / dV, (m, K) -> (m, K).
-
-    Row r of V belongs to patch r % len(patches) (core.integrated_gradients stacks its points so). Torch: autograd
-    through the head, d(-CE)/da = sum_k (1[k = target] - p_k) d logit_k / da, one directional call per class that
-    carries probability. ONNX: central differences of log p_target itself along each coefficient, all classes'
-    logits coming from the same head runs; the step is FD_RELATIVE_STEP of `scale` (the typical norm of a
-    reconstruction) over |W_j|.
-    """
-    head = model.head(layer)
-    k = len(W)
-    n = len(patches)
-    per_row = 4 * (int(np.prod(shape)) + (int(np.prod(patches.shape[1:])) if _needs_images(head) else 0))
-    onnx = model.framework == "onnx"
-    directions = _broadcast(np.eye(k), W, shape)  # (K, C, h, w): concept j at every position
-
-    def images(rows: np.ndarray) -> np.ndarray | None:
-        return patches[rows % n] if _needs_images(head) else None
-
-    def torch_grad(V: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        acts = _broadcast(V, W, shape)
-        x = images(rows)
-        logits = np.asarray(head.logits(acts, x), np.float64)
-        p = np.exp(core.log_softmax(logits))
-        weight = -p
-        weight[:, target] += 1.0
-        used = [c for c in range(p.shape[1]) if c == target or p[:, c].max() >= NEGLIGIBLE_PROBABILITY]
-        left = np.setdiff1d(np.arange(p.shape[1]), used)
-        if len(left):
-            stats.omitted_mass = max(stats.omitted_mass, float(p[:, left].sum(axis=1).max()))
-        g = np.zeros((len(V), k))
-        for c in used:
-            g += weight[:, c : c + 1] * np.asarray(head.directional(acts, x, directions, c), np.float64)
-        stats.head_rows += len(V) * (1 + len(used))
-        return g
-
-    norms = np.linalg.norm(W, axis=1)
-    steps = FD_RELATIVE_STEP * max(scale, 1e-12) / np.where(norms > 0, norms, 1.0)  # (K,)
-
-    def onnx_grad(V: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        m = len(V)
-        # Rows: for each point, +e_0 ... +e_{K-1}, then -e_0 ... -e_{K-1}.
-        shifted = np.repeat(V[:, None, :], 2 * k, axis=1)
-        eye = np.eye(k) * steps[:, None]
-        shifted[:, :k] += eye
-        shifted[:, k:] -= eye
-        acts = _broadcast(shifted.reshape(-1, k), W, shape)
-        x = images(np.repeat(rows, 2 * k))
-        f = core.log_softmax(np.asarray(head.logits(acts, x), np.float64))[:, target].reshape(m, 2 * k)
-        stats.head_rows += m * 2 * k
-        return (f[:, :k] - f[:, k:]) / (2 * steps[None, :])
-
-    fn = onnx_grad if onnx else torch_grad
-    rows_per_point = 2 * k if onnx else 1
-    chunk = max(1, HEAD_CHUNK_BYTES // (per_row * rows_per_point))
-
-    def grad(V: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(V), k))
-        for start in range(0, len(V), chunk):
-            rows = np.arange(start, min(start + chunk, len(V)))
-            out[rows] = fn(V[rows], rows)
-        return out
-
-    return grad
-
-
-def head_agreement(model: Model, layer: str, full_acts: np.ndarray, means: np.ndarray, patches: np.ndarray,
-                   target: int) -> dict[str, float]:
-    """How well the head on position-constant activations (each patch's spatial mean at every position) matches
-    the head on the real maps: exact when the head starts with global average pooling."""
-    head = model.head(layer)
-    x = patches if _needs_images(head) else None
-    shape = tuple(full_acts.shape[1:])
-    # A copy: the store hands out read-only memory maps, which torch must not wrap.
-    real = core.log_softmax(np.asarray(head.logits(np.array(full_acts, dtype=np.float32), x)))
-    flat = core.log_softmax(np.asarray(head.logits(_broadcast(means, np.eye(shape[0]), shape), x)))
-    return {
-        "top1_agreement": float((real.argmax(1) == flat.argmax(1)).mean()),
-        "mean_abs_logp_diff": float(np.abs(real[:, target] - flat[:, target]).mean()),
-    }
 
 
 # ------------------------------------------------------------------------------------------------ thumbnails
@@ -336,11 +223,6 @@ def _importance(
         peak = float(np.abs(ig).max(initial=0.0))
         raw[r] = ig
         importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
-        if stats.omitted_mass > 0:
-            notes.append(
-                f"class {cls}, {r}: classes with probability < {NEGLIGIBLE_PROBABILITY:g} everywhere were left out of "
-                f"the -CE gradient (largest probability mass left out: {stats.omitted_mass:.2g})"
-            )
         full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
         model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
                          "head_rows": stats.head_rows}

@@ -68,12 +68,31 @@ def _validate_labels(check: SimilarityCheck, policy: Policy, pre: data.Preproces
     return [data.image_set(f"{check.id}:labels", [path], pre), data.image_set(f"probe:{check.id}", labels.images, pre)]
 
 
+def _pool_images(policy: Policy) -> int | None:
+    """Images in data.random.folder; None without a pool or when the folder cannot be listed (the pipeline names
+    it, and an empty one)."""
+    if policy.data.random is None:
+        return None
+    try:
+        return len(data.list_images(policy.resolve(policy.data.random.folder)))
+    except UserError:
+        return None
+
+
 def _validate_folders(check: SimilarityCheck, policy: Policy, pre: data.Preprocessing, where: str,
                       problems: list[str]) -> list[data.ImageSet]:
     if policy.data.concepts is None:
         problems.append(f"{where}.concepts: concept folders need data.concepts (a folder of concept subfolders)")
     if policy.data.random is None:
         problems.append(f"{where}.concepts: concept folders need data.random (the non-concept images)")
+    else:
+        # Each CAV's non-concept side is drawn from the pool (fewer than set_size: both sides are cut to the smaller
+        # size, as for a small concept folder); one image fails the CAV's stratified split mid-run. The same floor
+        # as a concept folder's.
+        n = _pool_images(policy)
+        if n and n < MIN_CONCEPT_IMAGES:
+            problems.append(f"{where}.concepts: data.random.folder ({policy.data.random.folder}) has {n} images; the "
+                            f"non-concept side of a CAV needs at least {MIN_CONCEPT_IMAGES}: add images to it")
     if policy.data.concepts is None:
         return []
     root = policy.resolve(policy.data.concepts.folder)
@@ -120,6 +139,9 @@ def validate(
             own.append(images)
     elif check.labels is None and policy.data.random is None:
         problems.append(f"{where}: CKA needs images: `images`, `labels` or data.random")
+    elif check.labels is None and 0 < (_pool_images(policy) or 0) < 4:
+        problems.append(f"{where}: CKA takes its images from data.random.folder ({policy.data.random.folder}), which has "
+                        f"{_pool_images(policy)}; CKA needs at least 4: add images to it or give the check `images`")
     return own
 
 

@@ -92,3 +92,28 @@ class LayerGrads(Protocol):
 def has_layer_grads(model: object) -> bool:
     """Whether `model` offers `layer_grads` (one pass for several layers) rather than only per-layer heads."""
     return isinstance(model, LayerGrads)
+
+
+@runtime_checkable
+class LogpDirectional(Protocol):
+    """Optional capability of a Head (the torch heads have it; ONNX heads do not): directional derivatives of the
+    log-probability log softmax(logits)[target] (= -CE of the target) from ONE forward and ONE backward pass over
+    each batch, whatever the number of classes.
+
+    Without it a caller builds the same derivative from logit derivatives, d log p_t = sum_k (1[k = t] - p_k)
+    d logit_k: one `directional` call per class, 1,000 of them on an ImageNet model. ONNX heads do not offer it:
+    their derivatives are central differences, and differences of log p_target itself already cost one set of head
+    runs whatever the number of classes (RSVC takes them so, with its own step rule; see rsvc_grad.py).
+    """
+
+    def logp_directional(
+        self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int
+    ) -> np.ndarray:
+        """d log softmax(h(acts))[target] / d acts . direction: directions (k, *layer_shape) -> (n, k) float32.
+        `x` as for `Head.logits` (the images, read for skip paths around the layer)."""
+        ...
+
+
+def has_logp_directional(head: object) -> bool:
+    """Whether `head` gives log-probability derivatives in one pass (`logp_directional`) rather than per class."""
+    return isinstance(head, LogpDirectional)

@@ -161,6 +161,18 @@ class AutogradHead:
     def directional(self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int) -> np.ndarray:
         return _contract(self.grad(acts, x, target), directions)
 
+    def logp_directional(self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int) -> np.ndarray:
+        """d log softmax(logits)[target] / d acts . direction, (k, *shape) directions -> (n, k) float32: one
+        forward and one backward pass per batch for any number of classes (base.LogpDirectional). The softmax
+        is taken in float64, as callers that built it from the logits did."""
+        out = []
+        for s in _batches(len(acts)):
+            a = torch.from_numpy(np.ascontiguousarray(acts[s])).requires_grad_(True)
+            y = self._run(a, torch.from_numpy(x[s]))
+            (g,) = torch.autograd.grad(torch.log_softmax(y.double(), dim=1)[:, target].sum(), a)
+            out.append(g.numpy())
+        return _contract(np.concatenate(out), directions)
+
 
 def _module_head(module: nn.Module, layer: str, layout: torch.memory_format, device: torch.device) -> AutogradHead:
     target = dict(module.named_modules())[layer]
