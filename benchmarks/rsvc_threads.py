@@ -53,7 +53,7 @@ def timed(policy_path: Path, tmp: Path, n_threads: int) -> tuple[float, str]:
     torch.set_num_threads(n_threads)
     try:
         start = time.perf_counter()
-        result = METHODS[check.method](check, ctx)
+        result = METHODS[check.method].run(check, ctx)
         return time.perf_counter() - start, result.summary
     finally:
         threads.SMALL_MODEL_THREADS = previous_rule
