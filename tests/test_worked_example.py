@@ -69,7 +69,8 @@ def _canonical_layers(models: Path) -> dict[str, str]:
     import mnist_net
 
     names = {}
-    for i, (torch_name, onnx_name) in enumerate(zip(mnist_net.RELU_LAYERS, mnist_net.relu_tensors(models / "digits.onnx"))):
+    onnx_names = mnist_net.relu_tensors(models / "digits.onnx")
+    for i, (torch_name, onnx_name) in enumerate(zip(mnist_net.RELU_LAYERS, onnx_names)):
         names[torch_name] = names[onnx_name] = f"relu{i}"
     return names
 
@@ -84,7 +85,10 @@ def _split(row: dict, layers: dict[str, str]) -> tuple[tuple, dict[str, float]]:
         if isinstance(value, float) and not isinstance(value, bool):
             scores[name] = value
         else:
-            value = tuple(value) if isinstance(value, list) else layers.get(value, value) if isinstance(value, str) else value
+            if isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(value, str):
+                value = layers.get(value, value)
             key.append((name, value))
     return tuple(key), scores
 

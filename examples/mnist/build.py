@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,8 +43,11 @@ def measure(models: dict, digits: np.ndarray, labels: np.ndarray, class_idx: np.
 
 
 def build(out: Path, per_class: int = PER_CLASS, seed: int = 0) -> dict:
-    """Write the models, the world, the policy and metrics.json under `out`; return the metrics."""
+    """Write the models, the world, the policy and metrics.json under `out`; return the metrics. An earlier
+    build's world/ and models/ are replaced (a build with fewer images would otherwise leave the extra ones)."""
     out.mkdir(parents=True, exist_ok=True)
+    for ours in ("world", "models"):
+        shutil.rmtree(out / ours, ignore_errors=True)
     models = mnist_net.export_both(out / "models")
     world = mnist_world.write_world(
         out / "world", per_class, mnist_policy.CONCEPT_IMAGES, mnist_policy.RANDOM_POOL, seed=seed

@@ -7,9 +7,9 @@ CPU-only machines this project runs on, so the CNN class is loaded from the inst
 inside it.
 
 The shipped CNN reads one channel (1 x 28 x 28, MNIST-normalised); auditor feeds three (it decodes every image to
-RGB). `RgbDigits` puts a fixed RGB-to-luminance stage (a 1x1 convolution) (ITU-R 601: 0.299 R + 0.587 G + 0.114 B) before the CNN,
-in both exports. The stage works on normalised inputs: with one mean and one std for all three channels and
-weights summing to 1, sum_c w_c (p_c - m) / s = (L - m) / s, i.e. exactly the MNIST normalisation of the
+RGB). `RgbDigits` puts a fixed RGB-to-luminance stage, a 1x1 convolution (ITU-R 601: 0.299 R + 0.587 G + 0.114 B),
+before the CNN, in both exports. The stage works on normalised inputs: with one mean and one std for all three
+channels and weights summing to 1, sum_c w_c (p_c - m) / s = (L - m) / s, i.e. exactly the MNIST normalisation of the
 luminance; on grey images (R = G = B) it is the grey value itself.
 """
 

@@ -1,12 +1,12 @@
 """The worked example's images: real handwritten digits placed as MNIST places them, stroke-feature concept sets
 drawn with numpy, a random pool of scribbles, a small glyph to paste, and a probe set with labels.
 
-Digits: scikit-learn's `load_digits` (1,797 real handwritten digits of 43 writers, UCI "optdigits": 8x8, ink
-0-16; it ships inside scikit-learn, nothing is downloaded). MNIST scaled each digit into a 20x20 box centred in a
-28x28 image, white ink on black; we do the same (ink 0-16 -> 0-255, bilinear 8 -> 20 px, the box at rows and
-columns 4-23). MNIST also anti-aliased its 20x20 scans and centred them by their centre of mass; ours are an 8x8
-grid blown up, so the network meets blurrier digits than it was trained on (the accuracy build.py prints says how
-much that costs; it is measured, not tuned).
+Digits: scikit-learn's `load_digits` (1,797 real handwritten digits of 13 writers, the UCI "optdigits" test set:
+8x8, ink 0-16; it ships inside scikit-learn, nothing is downloaded). MNIST scaled each digit into a 20x20 box
+centred in a 28x28 image, white ink on black; we do the same (ink 0-16 -> 0-255, bilinear 8 -> 20 px, the box at
+rows and columns 4-23). MNIST also anti-aliased its 20x20 scans and centred them by their centre of mass; ours are
+an 8x8 grid blown up, so the network meets blurrier digits than it was trained on (the accuracy build.py prints
+says how much that costs; it is measured, not tuned).
 
 Concepts (white strokes on black inside the same 20x20 box, anti-aliased, seeded): `horizontal_bar` (the bar of
 a 7, the top of a 5), `vertical_stroke` (a 1, the stem of a 4 or 7), `closed_loop` (an ellipse ring: a 0, the
