@@ -10,8 +10,8 @@ EXAMPLE := example-out
 
 # digit-recognizer-py is the worked example's network (examples/mnist), installed with --no-deps: the package
 # declares torchvision, which the CPU-only hosts cannot install; the example loads only its model.py and weights,
-# which need torch alone.
-$(STAMP): pyproject.toml constraints.txt
+# which need torch alone. The Makefile is a prerequisite so that a .venv made before a line was added here gets it.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
