@@ -11,8 +11,12 @@ weight layer. A torch model exported to ONNX gets the same depths in both forms 
 Torch: a weight layer is a module without sub-modules owning a `weight` parameter or buffer of 2 or more
 dimensions (convolutions, linear layers, and fixed linear stages such as the demo's luminance convolution, which
 ONNX exports as a Conv; normalisation layers have 1-D weights and are folded or kept apart in ONNX alike).
+Torch functional results (`F.conv2d(x, w)`, `F.linear`, `x @ w`, listed by the adapters as layers of kind
+`conv2d`, `linear`, `matmul`, ...) count too, unless made inside a weight module (an nn.Conv2d's own conv call is
+that module): the worked example's luminance stage as a functional conv counted in ONNX only (6 weight layers
+against 5), and similarity paired conv_layers.1 with conv_layers.4.
 ONNX: a node of type Conv, ConvTranspose, Gemm or MatMul (and their quantised forms). A MatMul between two
-activations (attention) counts in ONNX and not in torch: a known difference, rare in image classifiers.
+activations (attention) counts in ONNX and in torch's functional results, not as a module.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from auditor.models.base import LayerInfo, Model
 
 ONNX_WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger",
                              "QLinearConv", "QLinearMatMul"})
+# Kinds of torch functional results (the op's name, as the adapters list them) that ONNX exports as the ops above.
+TORCH_WEIGHT_OPS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                              "conv_transpose3d", "convolution", "_convolution", "linear", "matmul", "mm", "bmm",
+                              "addmm"})
 
 
 @dataclass(frozen=True)
@@ -81,4 +89,7 @@ def model_depths(model: Model) -> Depths:
     layers = model.layers()
     if model.framework == "onnx":
         return count_depths(layers, {li.name for li in layers if li.kind in ONNX_WEIGHT_OPS}, nested=False)
-    return count_depths(layers, _torch_weight_modules(model), nested=True)
+    modules = _torch_weight_modules(model)
+    functional = {li.name for li in layers
+                  if li.kind in TORCH_WEIGHT_OPS and not any(_is_inside(li.name, m) for m in modules)}
+    return count_depths(layers, modules | functional, nested=True)
