@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from auditor import __version__, data
+from auditor import __version__, data, memory
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import CheckError, NonFiniteError, UserError
@@ -221,9 +221,10 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, models: dict[str, Model
     )
 
 
-def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Context:
+def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None], max_memory: int | None = None) -> Context:
     """Load models and image sets and check everything the policy names exists; raise PolicyError listing
-    every problem (one line each) before any computation starts."""
+    every problem (one line each) before any computation starts. `max_memory` (bytes; default
+    `memory.default_budget()`) is the budget the store sizes its chunks against."""
     problems: list[str] = []
     pre = preprocessing(policy)
     log("loading models")
@@ -234,7 +235,9 @@ def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None]) -> Cont
     sets = _image_sets(policy, pre, models, problems)
     if problems:
         raise PolicyError(policy.source, problems)
-    return Context(policy=policy, models=models, sets=sets, store=Store(cache_dir, pre, log), log=log)
+    store = Store(cache_dir, pre, log, max_memory)
+    log(f"memory budget {memory.format_size(store.max_memory)} (chunks of up to {memory.format_size(store.chunk_bytes)})")
+    return Context(policy=policy, models=models, sets=sets, store=store, log=log)
 
 
 def created_timestamp() -> str:
@@ -322,13 +325,15 @@ def correct_families(specs: list, results: list[CheckResult]) -> list[CheckResul
 
 
 def run_audit(
-    policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None
+    policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None,
+    max_memory: int | None = None,
 ) -> RunOutcome:
-    ctx = prepare(policy, cache_dir, log)
+    ctx = prepare(policy, cache_dir, log, max_memory)
     checks = []
     for check in policy.checks:
         log(f"check {check.id} ({check.method})")
         checks.append(_run_check(check, ctx, errors_log))
+        ctx.store.release()  # what the check read stays on disk; its maps and decoded images are let go
     checks = correct_families(list(policy.checks), checks)
     verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
     s = ctx.store.stats
