@@ -334,6 +334,7 @@ def run_audit(
         log(f"check {check.id} ({check.method})")
         checks.append(_run_check(check, ctx, errors_log))
         ctx.store.release()  # what the check read stays on disk; its maps and decoded images are let go
+        log(f"check {check.id} done, peak memory so far {memory.peak_rss_mib():.0f} MiB")
     checks = correct_families(list(policy.checks), checks)
     verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
     s = ctx.store.stats

@@ -239,6 +239,14 @@ def pass_costs(images: list[Path]) -> tuple[float, float]:
     return min(fwd), min(fb)
 
 
+def pass_costs_in_child(folder: Path) -> tuple[float, float]:
+    """`pass_costs` in a child process: torch's allocator keeps what the timing used, and this process stays
+    small beside the audit it starts."""
+    out = subprocess.run([sys.executable, __file__, "--pass-costs", str(folder)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
 def floor_counts(sz: Sizes) -> dict[str, tuple[int, int]]:
     """check id -> (forward images, forward+backward images) over both models, first use only (see the top)."""
     models = 2
@@ -279,6 +287,14 @@ def run_audit(root: Path, max_memory: str | None) -> tuple[dict[str, float], flo
     return per_check, wall, usage.ru_maxrss / 1024, text
 
 
+_PEAK = re.compile(r"check (\S+) done, peak memory so far (\d+) MiB")
+
+
+def check_peaks(text: str) -> dict[str, int]:
+    """check id -> the audit's peak RSS when it ended (the pipeline logs it; absent before issue 18's change)."""
+    return {m.group(1): int(m.group(2)) for m in map(_PEAK.search, text.splitlines()) if m}
+
+
 @dataclass(frozen=True)
 class Run:
     images: int
@@ -294,17 +310,19 @@ def one_run(n: int, max_memory: str | None, keep: Path | None) -> Run:
         make_world(tmp, sz)
         shutil.copy(HERE / "resnet50_like.py", tmp / "resnet50_like.py")  # the factory, found beside the policy
         (tmp / "policy.yaml").write_text(policy_text(sz))
-        f, fb = pass_costs(sorted((tmp / "classes" / CLASSES[1]).iterdir()))
+        f, fb = pass_costs_in_child(tmp / "classes" / CLASSES[1])
         print(f"{sz.total} images ({sz.per_class} per class x {len(CLASSES)}, {sz.set_size} per concept x "
               f"{len(CONCEPTS)}, pool {sz.pool}, probe {sz.probe}, RSVC {sz.rsvc_images}+{sz.rsvc_images}) at "
               f"{SIDE} px; pass costs {f:.3f} s/image forward, {fb:.3f} s/image forward+backward; load "
               f"{os.getloadavg()[0]:.1f}", flush=True)
         per_check, wall, peak, text = one_audit(tmp, max_memory)
         floors = {cid: nf * f + nb * fb for cid, (nf, nb) in floor_counts(sz).items()}
+        peaks = check_peaks(text)
         for cid, s in per_check.items():
             fl = floors.get(cid, 0.0)
             ratio = f"{s / fl:.2f}" if fl > 0 else "-"
-            print(f"  {cid:8s} {s:8.1f} s   floor {fl:8.1f} s   ratio {ratio}", flush=True)
+            peak_so_far = f"   peak so far {peaks[cid]} MiB" if cid in peaks else ""
+            print(f"  {cid:8s} {s:8.1f} s   floor {fl:8.1f} s   ratio {ratio}{peak_so_far}", flush=True)
         seconds = sum(per_check.values())
         floor = sum(floors.values())
         peak_line = [line for line in text.splitlines() if "peak" in line.lower()]
@@ -327,7 +345,11 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=None, help="rerun on this many times the images")
     ap.add_argument("--max-memory", default=None, help="passed to `auditor run`")
     ap.add_argument("--keep", type=Path, default=None, help="copy the world, cache and report here")
+    ap.add_argument("--pass-costs", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pass_costs is not None:
+        print(*pass_costs(sorted(args.pass_costs.iterdir())))
+        return
     first = one_run(args.images, args.max_memory, args.keep)
     if args.scale:
         big = one_run(args.images * args.scale, args.max_memory, None)
