@@ -151,3 +151,19 @@ def test_run_prints_its_peak_memory_last_and_a_bad_budget_is_one_line(tiny_world
                                     "--max-memory", "lots"])
     assert bad.exit_code == 2 and bad.stderr.strip().splitlines() == [
         "error: --max-memory lots: not a size; give e.g. 4GiB, 512MiB or 3GB"]
+
+
+def test_the_probe_pastes_in_chunks_what_it_pasted_whole(tiny_world, tmp_path):
+    from PIL import Image
+
+    from auditor.methods import artifact
+    from auditor.schemas.common import ArtifactSpec
+
+    Image.fromarray(np.full((4, 5, 4), 200, np.uint8), "RGBA").save(tmp_path / "mark.png")
+    spec = ArtifactSpec(image="mark.png", position="random")  # positions drawn from one seeded stream
+    images = list(_set(tiny_world).paths)
+    whole = artifact.make_pairs(images, spec, tmp_path / "mark.png", PRE, 3)
+    chunks = list(artifact.pair_chunks(images, spec, tmp_path / "mark.png", PRE, 3, 3))
+    assert len(chunks) == -(-len(images) // 3)
+    assert np.array_equal(np.concatenate([c.artifact for c in chunks]), whole.artifact)
+    assert np.array_equal(np.concatenate([c.neutral for c in chunks]), whole.neutral)
