@@ -61,6 +61,11 @@ PATCH, STRIDE = 0.5, 1.0  # RSVC crops: 4 per image
 # fits 2,000 x random_sets CAVs per model and layer in 1,024 and 2,048 dimensions, minutes of CPU that do not
 # depend on the number of images (a first run here spent over 6 minutes in TCAV's fits before it was stopped).
 MAX_PSEUDO = 19
+# RSVC's importance runs the whole network (eager head) once per logit that carries probability, for each of
+# ig_steps + 1 points of every evaluation patch (issue 18 item 2, another change); here it is kept to the least
+# the schema allows and a fixed number of images (5 evaluation images: one per fold), so it does not scale.
+IG_STEPS = 2
+RSVC_IMAGES = 5
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def sizes(n: int) -> Sizes:
     if rest < 40:
         raise SystemExit(f"--images {n}: too few; at least 200")
     per_class = rest // 4
-    return Sizes(s, pool, per_class, rest - 2 * per_class, max(5, per_class // 4))
+    return Sizes(s, pool, per_class, rest - 2 * per_class, RSVC_IMAGES)
 
 
 # ---- the world ----------------------------------------------------------------------------------------------
@@ -193,8 +198,8 @@ def policy_text(sz: Sizes) -> str:
     return f"""title: real-scale benchmark
 seed: 0
 models:
-  candidate: {{factory: resnet50_like:build, name: candidate}}
-  reference: {{factory: resnet50_like:build_seed2, name: reference}}
+  candidate: {{factory: resnet50_like:build_two_logits, name: candidate}}
+  reference: {{factory: resnet50_like:build_two_logits_seed2, name: reference}}
 preprocessing: {{size: {SIDE}}}
 data:
   classes: {{folder: classes, names: {{{names}}}}}
@@ -210,7 +215,8 @@ checks:
       set_size: {sz.set_size}, max_pseudo: {MAX_PSEUDO}}}
   - {{id: invert, method: invert, labels: probe/labels.csv, forbidden: [watermark], min_fraction: 0.1}}
   - {{id: rsvc, method: rsvc, classes: [{CLASSES[1]}], layers: {{candidate: {layers}, reference: {layers}}},
-      extraction_images: {sz.rsvc_images}, evaluation_images: {sz.rsvc_images}, patch: {PATCH}, stride: {STRIDE}}}
+      extraction_images: {sz.rsvc_images}, evaluation_images: {sz.rsvc_images}, patch: {PATCH}, stride: {STRIDE},
+      ig_steps: {IG_STEPS}}}
 """
 
 
@@ -229,7 +235,7 @@ def pass_costs(images: list[Path]) -> tuple[float, float]:
     # In the layout the torch adapters pick for conv nets (channels-last, see docs/measurements.md), so that the
     # floor stays a floor.
     x = torch.from_numpy(np.stack([data.decode(p, pre) for p in images[:32]])).to(memory_format=torch.channels_last)
-    net = resnet50_like.build().to(memory_format=torch.channels_last)
+    net = resnet50_like.build_two_logits().to(memory_format=torch.channels_last)
     fwd, fb = [], []
     for _ in range(2):
         t = time.perf_counter()

@@ -88,3 +88,14 @@ def build(seed: int = SEED, num_classes: int = NUM_CLASSES) -> ResNet50Like:
 
 def build_seed2() -> ResNet50Like:
     return build(seed=SEED + 1)
+
+
+def build_two_logits() -> ResNet50Like:
+    """The real-scale benchmark's candidate: 2 logits. RSVC's importance step runs the whole network once per
+    class that carries probability, for every integrated-gradient point of every patch (issue 18, item 2, fixed
+    elsewhere); with 10 logits that step alone ran over 10 minutes here on 24 patches."""
+    return build(num_classes=2)
+
+
+def build_two_logits_seed2() -> ResNet50Like:
+    return build(seed=SEED + 1, num_classes=2)
