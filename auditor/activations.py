@@ -228,16 +228,6 @@ class Store:
         self._verified.add(key)
         return arr
 
-    def _put(self, key: str, arr: np.ndarray, what: str = "") -> np.ndarray:
-        """A whole array (a small derived one) written as one chunk."""
-        writer = self._writer(key, len(arr), what)
-        try:
-            writer.add(arr)
-        except BaseException:
-            writer.abort()
-            raise
-        return self._finish(key, writer)
-
     def _work(self, grads: bool) -> int:
         """The model's working memory per image of this store's input size (memory.GRAD_WORK / FORWARD_WORK)."""
         return 3 * self.pre.size[0] * self.pre.size[1] * 4 * (memory.GRAD_WORK if grads else memory.FORWARD_WORK)

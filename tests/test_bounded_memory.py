@@ -167,3 +167,24 @@ def test_the_probe_pastes_in_chunks_what_it_pasted_whole(tiny_world, tmp_path):
     assert len(chunks) == -(-len(images) // 3)
     assert np.array_equal(np.concatenate([c.artifact for c in chunks]), whole.artifact)
     assert np.array_equal(np.concatenate([c.neutral for c in chunks]), whole.neutral)
+
+
+def test_real_scale_benchmark_splits_its_images_and_writes_a_valid_policy(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import real_scale
+
+    from auditor.policy import load_policy
+
+    assert real_scale.sizes(1000).total == 1000 and real_scale.sizes(1000).set_size == 50
+    assert real_scale.sizes(4000).total == 4000 and real_scale.sizes(200).set_size == 10
+    sz = real_scale.sizes(200)
+    real_scale.make_world(tmp_path, sz)
+    (tmp_path / "policy.yaml").write_text(real_scale.policy_text(sz))
+    policy = load_policy(tmp_path / "policy.yaml")  # the schema: no model is loaded
+    assert [c.method for c in policy.checks] == ["artifact_probe", "tcav", "sacv", "invert", "rsvc"]
+    counts = [len(list((tmp_path / d).rglob("*.png"))) for d in ("classes", "concepts", "random", "probe")]
+    assert counts == [2 * sz.per_class, 3 * sz.set_size, sz.pool, sz.probe] and sum(counts) == 200
+    assert real_scale.check_peaks("[  9.0s] check tcav done, peak memory so far 812 MiB") == {"tcav": 812}
