@@ -133,6 +133,14 @@ def _open(path: Path) -> np.ndarray:
         return arr
 
 
+def _pooled(maps: np.ndarray, rows: slice) -> np.ndarray:
+    """Gradient maps of `rows` summed over positions in float64, (m, C); their pages then leave the resident set."""
+    g = np.asarray(maps[rows])
+    out = g.reshape(len(g), maps.shape[1], -1).sum(axis=2, dtype=np.float64)
+    memory.forget(maps)
+    return out
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -404,8 +412,7 @@ class Store:
                 writer = {layer: self._writer(keys[layer], len(g), what.format(layer))}
                 # The same sum the pooled basis gives, in float64 like the head's contraction; image by image, so
                 # a chunk's sums are those of the whole map.
-                self._stream(len(g), lambda s: {layer: np.asarray(g[s]).reshape(len(g[s]), g.shape[1], -1).sum(
-                    axis=2, dtype=np.float64)}, writer, int(np.prod(g.shape[1:])) * 4)
+                self._stream(len(g), lambda s: {layer: _pooled(g, s)}, writer, int(np.prod(g.shape[1:])) * 4)
                 out[layer] = self._finish(keys[layer], writer[layer])
         elif missing:
             acts = self.acts(model, missing, images)

@@ -13,10 +13,13 @@ each block's tensors as it goes; its high water mark is a few block outputs per 
 
 from __future__ import annotations
 
+import mmap
 import re
 import resource
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from auditor.errors import UserError
 
@@ -85,3 +88,20 @@ def peak_rss_mib() -> float:
 
 def format_size(n: int) -> str:
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+def forget(arr: object) -> None:
+    """Drop the pages of the memory map under `arr` (a cached array the store served, or a view of one) from the
+    process's resident set, once a reader is done with them: a read page of a mapped file counts in the resident
+    set while the map lives, so a check that reads every set of a layer would hold them all. The pages stay in
+    the page cache (a later read maps them again, without disk I/O while memory allows); the data is read-only,
+    so nothing is lost. A no-op for an array in memory."""
+    base = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    mapped = getattr(base, "_mmap", None)
+    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mapped.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass  # a closed map, or a platform without it: the pages are the kernel's to reclaim then

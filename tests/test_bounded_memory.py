@@ -188,3 +188,24 @@ def test_real_scale_benchmark_splits_its_images_and_writes_a_valid_policy(tmp_pa
     counts = [len(list((tmp_path / d).rglob("*.png"))) for d in ("classes", "concepts", "random", "probe")]
     assert counts == [2 * sz.per_class, 3 * sz.set_size, sz.pool, sz.probe] and sum(counts) == 200
     assert real_scale.check_peaks("[  9.0s] check tcav done, peak memory so far 812 MiB") == {"tcav": 812}
+
+
+def test_forget_drops_read_pages_and_keeps_the_data(tmp_path):
+    arr = np.arange(64 * 1024 * 64, dtype=np.float32).reshape(64, 1024, 64)  # 16 MiB
+    np.save(tmp_path / "a.npy", arr)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+
+    def rss_file_kib() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+        return 0
+
+    before = rss_file_kib()
+    total = float(np.asarray(mapped).sum(dtype=np.float64))  # every page read
+    read = rss_file_kib()
+    memory.forget(np.asarray(mapped)[3:5])  # a view of the map: the map under it
+    after = rss_file_kib()
+    assert read - before > 12 * 1024 and read - after > 12 * 1024, (before, read, after)
+    assert float(np.asarray(mapped).sum(dtype=np.float64)) == total  # read again from the page cache
+    memory.forget(arr)  # an array in memory: nothing happens

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from auditor import memory
 from auditor.methods.cav import Cav, fit_cav
 from auditor.models.base import Model
 
@@ -94,6 +95,7 @@ def position_sums(acts: np.ndarray, where: np.ndarray | None = None) -> Position
     for start in range(0, len(acts), IMAGE_BLOCK):
         part = slice(start, start + IMAGE_BLOCK)
         sums[part] = np.einsum("nchw,nhw->nc", acts[part].astype(np.float64), mask[part].astype(np.float64))
+        memory.forget(acts)
     return PositionSums(sums, mask.reshape(len(mask), -1).sum(axis=1).astype(np.float64))
 
 
@@ -193,6 +195,7 @@ def image_norms(a: np.ndarray) -> np.ndarray:
     for start in range(0, len(a), IMAGE_BLOCK):
         block = np.asarray(a[start : start + IMAGE_BLOCK], np.float64)
         out[start : start + len(block)] = np.linalg.norm(block.reshape(len(block), -1), axis=1)
+        memory.forget(a)
     return out
 
 
