@@ -2,9 +2,15 @@
 
 A key is (model sha256, layer, image-set fingerprint, preprocessing): two models with the same layer names
 never see each other's arrays, and a changed file, model or preprocessing is a new key, never a stale hit.
-Arrays live in memory while the audit runs and as .npy files (memory-mapped on read) under the cache dir, each
-with a sha256 of its file beside it (`<key>.sha256`): a file whose header survives but whose data was damaged
-(a zeroed block, a bad disk) fails the digest and is recomputed, never served.
+Arrays live as .npy files under the cache dir, each with a sha256 of its file beside it (`<key>.sha256`): a file
+whose header survives but whose data was damaged (a zeroed block, a bad disk) fails the digest and is recomputed,
+never served. They are served memory-mapped, never copied into memory whole.
+
+Bounded memory (issue 18): a model runs on chunks of a set's images, sized against the run's budget
+(auditor.memory), and each chunk's outputs are appended to the array's file as they come, so a set's activations
+are never whole in memory; images are decoded a chunk at a time for it. The pipeline calls `release()` between
+checks: the memory maps and decoded images a check used are let go (a page of a mapped file that was read counts
+in the process's resident set while the map lives). A chunk's size never enters a key.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from auditor import data
-from auditor.errors import require_finite
+from auditor import data, memory
+from auditor.errors import NonFiniteError
 from auditor.models.base import Model, has_layer_grads
 
 
@@ -61,6 +67,80 @@ def _damaged(path: Path) -> str | None:
     return None if actual == expected else "does not match its digest"
 
 
+def _bad_images(chunk: np.ndarray) -> int:
+    """Images of a chunk (first axis) with a NaN or infinite value."""
+    ok = np.isfinite(chunk)
+    if ok.all():
+        return 0
+    return int((~ok).reshape(len(chunk), -1).any(axis=1).sum()) if chunk.ndim else 1
+
+
+class _NpyWriter:
+    """One cache array written a chunk of images at a time: the .npy header (the whole array's shape, known from
+    the first chunk), then the rows in order, then its digest and the atomic rename. The file is what np.save
+    writes for the whole array. Plain writes rather than a writable memory map: the dirty pages of a map count
+    in the process's resident set until it is closed."""
+
+    def __init__(self, path: Path, n: int, what: str) -> None:
+        self.path, self.n, self.what = path, n, what
+        self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        self.rows = 0
+        self.bad = 0
+        self._file = None
+
+    def add(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if self.what:  # found where they first appear, so the check's ERROR names the model and layer
+            self.bad += _bad_images(chunk)
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish() or abort()
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": (self.n, *chunk.shape[1:])}
+            np.lib.format.write_array_header_1_0(self._file, header)
+        self._file.write(memoryview(chunk).cast("B"))
+        self.rows += len(chunk)
+
+    def finish(self) -> np.ndarray:
+        if self.bad:
+            self.abort()
+            raise NonFiniteError(f"{self.what}: NaN or infinite values for {self.bad} of {self.n} images")
+        if self.rows != self.n or self._file is None:
+            self.abort()
+            raise RuntimeError(f"{self.path.name}: {self.rows} rows written of {self.n}")
+        self._file.close()
+        # The digest goes in first, so that an array file never exists without the digest it must match.
+        digest_tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.sha256")
+        digest_tmp.write_text(_file_digest(self.tmp), encoding="ascii")
+        digest_tmp.replace(_digest_path(self.path))
+        self.tmp.replace(self.path)
+        return _open(self.path)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _open(path: Path) -> np.ndarray:
+    """A cached array, memory-mapped (an empty one, which cannot be mapped, read)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:
+        arr = np.load(path)
+        if arr.size:
+            raise
+        return arr
+
+
+def _pooled(maps: np.ndarray, rows: slice) -> np.ndarray:
+    """Gradient maps of `rows` summed over positions in float64, (m, C); their pages then leave the resident set."""
+    g = np.asarray(maps[rows])
+    out = g.reshape(len(g), maps.shape[1], -1).sum(axis=2, dtype=np.float64)
+    memory.forget(maps)
+    return out
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -75,21 +155,43 @@ def pooled_basis(shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Store:
-    """Memory -> disk cache -> extract, for activations and logit gradients (full maps and pooled)."""
+    """Memory -> disk cache -> extract, for activations and logit gradients (full maps and pooled).
 
-    def __init__(self, cache_dir: Path, pre: data.Preprocessing, log: Callable[[str], None] = lambda _m: None) -> None:
+    `max_memory` (bytes; default `memory.default_budget()`) sizes the chunks models run on."""
+
+    def __init__(
+        self, cache_dir: Path, pre: data.Preprocessing, log: Callable[[str], None] = lambda _m: None,
+        max_memory: int | None = None,
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.pre = pre
         self.stats = StoreStats()
         self._log = log
-        self._mem: dict[str, np.ndarray] = {}
+        self.max_memory = max_memory if max_memory is not None else memory.default_budget()
+        self.chunk_bytes = memory.chunk_bytes(self.max_memory)
+        self._mem: dict[str, np.ndarray] = {}  # memory maps served since the last release()
+        self._verified: set[str] = set()  # keys whose file this run wrote or checked against its digest
         self._images: dict[str, np.ndarray] = {}
 
+    def release(self) -> None:
+        """Let go of the memory maps and decoded images served so far (the pipeline calls it between checks);
+        the files stay, and are served again without a second digest check."""
+        self._mem.clear()
+        self._images.clear()
+
     def images(self, images: data.ImageSet) -> np.ndarray:
-        """Decoded images of a set, (n, 3, H, W); decoded once per audit."""
+        """Decoded images of a set, (n, 3, H, W); decoded once until the next `release()`."""
         if images.fingerprint not in self._images:
             self._images[images.fingerprint] = data.load(images, self.pre)
         return self._images[images.fingerprint]
+
+    def _rows(self, images: data.ImageSet) -> Callable[[slice], np.ndarray]:
+        """The decoded images of `rows` of a set: from the decoded set when a method asked for it whole, else
+        decoded for the chunk alone."""
+        def rows(s: slice) -> np.ndarray:
+            whole = self._images.get(images.fingerprint)
+            return whole[s] if whole is not None else data.load(images, self.pre, s)
+        return rows
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.npy"
@@ -99,6 +201,13 @@ class Store:
             self.stats.from_memory += 1
             return self._mem[key]
         path = self._path(key)
+        if key in self._verified and path.is_file():
+            try:
+                self._mem[key] = _open(path)
+                self.stats.from_memory += 1
+                return self._mem[key]
+            except (ValueError, OSError):
+                self._verified.discard(key)
         if path.is_file():
             reason = _damaged(path)
             if reason == "has no readable digest":  # written before digests existed, or its digest was lost
@@ -110,33 +219,56 @@ class Store:
                 print(f"warning: cache file {path} {reason}; recomputing it", file=sys.stderr)
                 return None
             try:
-                arr = np.load(path, mmap_mode="r")
+                arr = _open(path)
             except (ValueError, OSError):
                 return None  # unreadable despite its digest (e.g. removed meanwhile): recompute and overwrite
             self._mem[key] = arr
+            self._verified.add(key)
             return arr
         return None
 
-    def _put(self, key: str, arr: np.ndarray, what: str = "") -> np.ndarray:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if what:  # found where they first appear, so the check's ERROR names the model and layer
-            require_finite(arr, what)
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a run killed mid-write never leaves a file that looks complete. The digest goes in
-        # first, so that an array file never exists without the digest it must match.
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, arr)
-        digest_tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.sha256")
-        digest_tmp.write_text(_file_digest(tmp), encoding="ascii")
-        digest_tmp.replace(_digest_path(path))
-        tmp.replace(path)
+    def _writer(self, key: str, n: int, what: str) -> _NpyWriter:
+        return _NpyWriter(self._path(key), n, what)
+
+    def _finish(self, key: str, writer: _NpyWriter) -> np.ndarray:
+        arr = writer.finish()
         self._mem[key] = arr
+        self._verified.add(key)
         return arr
+
+    def _work(self, grads: bool) -> int:
+        """The model's working memory per image of this store's input size (memory.GRAD_WORK / FORWARD_WORK)."""
+        return 3 * self.pre.size[0] * self.pre.size[1] * 4 * (memory.GRAD_WORK if grads else memory.FORWARD_WORK)
+
+    def _stream(
+        self, n: int, run: Callable[[slice], dict[str, np.ndarray]], writers: dict[str, _NpyWriter], work: int
+    ) -> None:
+        """`run(rows)` on chunks of the n images in order, each output appended to writers[name]. The first
+        chunk is sized by the model's working memory alone, the next ones by that plus the first chunk's output
+        bytes per image; the outputs of a chunk are let go before the next one runs."""
+        size = memory.images_per_chunk(work, self.chunk_bytes)
+        start = 0
+        try:
+            while True:
+                rows = slice(start, min(n, start + size))
+                out = run(rows)
+                for name, w in writers.items():
+                    w.add(out[name])
+                if start == 0 and rows.stop > 0:
+                    per_image = sum(v.nbytes for v in out.values()) // rows.stop
+                    size = memory.images_per_chunk(per_image + work, self.chunk_bytes)
+                del out
+                start = rows.stop
+                if start >= n:
+                    return
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
 
     def acts(self, model: Model, layers: Sequence[str], images: data.ImageSet) -> dict[str, np.ndarray]:
         """{layer: (n, *layer_shape)} for every requested layer; the missing ones in one forward pass."""
-        return self.derived_acts(model, layers, images.name, images.fingerprint, lambda: self.images(images))
+        return self._acts(model, layers, images.name, images.fingerprint, lambda: len(images), self._rows(images))
 
     def derived_acts(
         self, model: Model, layers: Sequence[str], name: str, fingerprint: str, inputs: Callable[[], np.ndarray]
@@ -144,15 +276,32 @@ class Store:
         """Like `acts`, for inputs made in memory (RSVC patches, pasted probe images): `fingerprint` must
         identify their content (e.g. the source set's fingerprint plus every parameter that made them);
         `inputs()` is called only when some layer is missing from memory and disk."""
+        made: list[np.ndarray] = []
+
+        def made_inputs() -> np.ndarray:
+            if not made:
+                made.append(inputs())
+            return made[0]
+
+        return self._acts(model, layers, name, fingerprint, lambda: len(made_inputs()), lambda s: made_inputs()[s])
+
+    def _acts(
+        self, model: Model, layers: Sequence[str], name: str, fingerprint: str, count: Callable[[], int],
+        rows: Callable[[slice], np.ndarray],
+    ) -> dict[str, np.ndarray]:
         keys = {layer: _key("acts", model.sha256, layer, fingerprint, self.pre.key()) for layer in layers}
         out, missing = self._cached(keys, "from_disk")
         if missing:
-            x = inputs()
-            self._log(f"extract {model.name} [{', '.join(missing)}] on {name} ({len(x)} images)")
-            fresh = model.activations(x, missing)
+            n = count()
+            self._log(f"extract {model.name} [{', '.join(missing)}] on {name} ({n} images)")
+            writers = {
+                layer: self._writer(keys[layer], n, f"model {model.name}, layer {layer}, activations of {name}")
+                for layer in missing
+            }
+            self._stream(n, lambda s: model.activations(rows(s), missing), writers, self._work(grads=False))
             self.stats.forward_passes += 1
             for layer in missing:
-                out[layer] = self._put(keys[layer], fresh[layer], f"model {model.name}, layer {layer}, activations of {name}")
+                out[layer] = self._finish(keys[layer], writers[layer])
                 self.stats.extracted += 1
         return out
 
@@ -165,7 +314,7 @@ class Store:
         found: dict[str, np.ndarray] = {}
         missing = []
         for layer, key in keys.items():
-            in_mem = key in self._mem
+            in_mem = key in self._mem or key in self._verified
             arr = self._get(key)
             if arr is None:
                 missing.append(layer)
@@ -189,30 +338,60 @@ class Store:
         keys = {layer: self._grad_key("grad", model, layer, images, target) for layer in layers}
         out, missing = self._cached(keys, "gradients_from_disk")
         if missing:
-            x = self.images(images)
             self._log(f"gradients {model.name} [{', '.join(missing)}] on {images.name} for class {target}")
             if has_layer_grads(model):
-                acts, fresh = model.layer_acts_and_grads(x, missing, target)
-                self.stats.backward_passes += 1
-                # The pass computed the activations too: cached under the key `derived_acts` reads, so that
-                # asking for them next costs no forward pass of their own.
-                for layer in missing:
-                    acts_key = _key("acts", model.sha256, layer, images.fingerprint, self.pre.key())
-                    if acts_key not in self._mem and not self._path(acts_key).is_file():
-                        self._put(acts_key, acts[layer], f"model {model.name}, layer {layer}, activations of {images.name}")
-                        self.stats.extracted += 1
+                fresh = self._grads_and_acts(model, missing, images, target)
             else:
-                acts = self.acts(model, missing, images)
-                fresh = {}
-                for layer in missing:
-                    fresh[layer] = model.head(layer).grad(np.asarray(acts[layer]), x, target)
-                    self.stats.backward_passes += 1
+                fresh = self._head_grads(model, missing, images, target)
             for layer in missing:
-                out[layer] = self._put(
-                    keys[layer], fresh[layer], f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}"
-                )
+                out[layer] = fresh[layer]
                 self.stats.gradients += 1
         return {layer: out[layer] for layer in layers}
+
+    def _grad_writer(self, model: Model, layer: str, images: data.ImageSet, target: int) -> _NpyWriter:
+        return self._writer(self._grad_key("grad", model, layer, images, target), len(images),
+                            f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}")
+
+    def _grads_and_acts(
+        self, model: Model, layers: list[str], images: data.ImageSet, target: int
+    ) -> dict[str, np.ndarray]:
+        """Gradient maps of `layers` from one forward + backward pass per chunk; the activations of that pass
+        are cached under the key `acts` reads, so that asking for them next costs no forward pass of their own."""
+        writers = {f"g:{layer}": self._grad_writer(model, layer, images, target) for layer in layers}
+        acts_keys = {layer: _key("acts", model.sha256, layer, images.fingerprint, self.pre.key()) for layer in layers}
+        new_acts = [l for l in layers if acts_keys[l] not in self._verified and not self._path(acts_keys[l]).is_file()]
+        for layer in new_acts:
+            writers[f"a:{layer}"] = self._writer(
+                acts_keys[layer], len(images), f"model {model.name}, layer {layer}, activations of {images.name}")
+        rows = self._rows(images)
+
+        def run(s: slice) -> dict[str, np.ndarray]:
+            acts, grads = model.layer_acts_and_grads(rows(s), layers, target)
+            return {**{f"g:{k}": v for k, v in grads.items()}, **{f"a:{k}": acts[k] for k in new_acts}}
+
+        self._stream(len(images), run, writers, self._work(grads=True))
+        self.stats.backward_passes += 1
+        for layer in new_acts:
+            self._finish(acts_keys[layer], writers[f"a:{layer}"])
+            self.stats.extracted += 1
+        return {layer: self._finish(self._grad_key("grad", model, layer, images, target), writers[f"g:{layer}"])
+                for layer in layers}
+
+    def _head_grads(
+        self, model: Model, layers: list[str], images: data.ImageSet, target: int
+    ) -> dict[str, np.ndarray]:
+        """Gradient maps through the head of each layer (models without `layer_grads`), a chunk at a time."""
+        acts = self.acts(model, layers, images)
+        rows = self._rows(images)
+        out = {}
+        for layer in layers:
+            writer = {layer: self._grad_writer(model, layer, images, target)}
+            head = model.head(layer)
+            self._stream(len(images), lambda s: {layer: head.grad(np.asarray(acts[layer][s]), rows(s), target)},
+                         writer, self._work(grads=True))
+            self.stats.backward_passes += 1
+            out[layer] = self._finish(self._grad_key("grad", model, layer, images, target), writer[layer])
+        return out
 
     def pooled_grads_many(
         self, model: Model, layers: Sequence[str], images: data.ImageSet, target: int
@@ -225,26 +404,30 @@ class Store:
         layers = list(dict.fromkeys(layers))
         keys = {layer: self._grad_key("pooled-grad", model, layer, images, target) for layer in layers}
         out, missing = self._cached(keys, "gradients_from_disk")
+        what = f"model {model.name}, layer {{}}, gradients of class {target} on {images.name}"
         if missing and has_layer_grads(model):
             maps = self.grad_maps(model, missing, images, target)
             for layer in missing:
-                g = np.asarray(maps[layer])
-                # The same sum the pooled basis gives, in float64 like the head's contraction.
-                out[layer] = self._put(
-                    keys[layer], g.reshape(len(g), g.shape[1], -1).sum(axis=2, dtype=np.float64),
-                    f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}",
-                )
+                g = maps[layer]
+                writer = {layer: self._writer(keys[layer], len(g), what.format(layer))}
+                # The same sum the pooled basis gives, in float64 like the head's contraction; image by image, so
+                # a chunk's sums are those of the whole map.
+                self._stream(len(g), lambda s: {layer: _pooled(g, s)}, writer, int(np.prod(g.shape[1:])) * 4)
+                out[layer] = self._finish(keys[layer], writer[layer])
         elif missing:
             acts = self.acts(model, missing, images)
+            rows = self._rows(images)
             for layer in missing:
-                a = np.asarray(acts[layer])
+                a = acts[layer]
                 self._log(f"gradients {model.name} {layer} on {images.name} for class {target}")
-                grads = model.head(layer).directional(a, self.images(images), pooled_basis(a.shape[1:]), target)
+                basis = pooled_basis(a.shape[1:])
+                head = model.head(layer)
+                writer = {layer: self._writer(keys[layer], len(a), what.format(layer))}
+                self._stream(len(a), lambda s: {layer: head.directional(np.asarray(a[s]), rows(s), basis, target)},
+                             writer, self._work(grads=True))
                 self.stats.backward_passes += 1
                 self.stats.gradients += 1
-                out[layer] = self._put(
-                    keys[layer], grads, f"model {model.name}, layer {layer}, gradients of class {target} on {images.name}"
-                )
+                out[layer] = self._finish(keys[layer], writer[layer])
         return {layer: out[layer] for layer in layers}
 
     def pooled_grads(self, model: Model, layer: str, images: data.ImageSet, target: int) -> np.ndarray:

@@ -127,11 +127,12 @@ def main() -> None:
 
 def _audit(
     policy_path: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None = None,
-    device: str = "cpu",
+    device: str = "cpu", max_memory: str | None = None,
 ) -> int:
-    from auditor import results
+    from auditor import memory, results
     from auditor.policy import load_policy
 
+    budget = memory.parse_size(max_memory) if max_memory is not None else None  # a bad size: exit 2 at once
     log = _logger(quiet)
     policy = load_policy(policy_path)
     old = results.read(baseline) if baseline is not None else None  # a bad baseline fails before the audit runs
@@ -140,12 +141,12 @@ def _audit(
     writable_dir(out, "--out")
     writable_dir(cache, "--cache-dir")
     with output_lock(out):
-        return _audit_locked(policy, old, out, cache, fail_on, log, device)
+        return _audit_locked(policy, old, out, cache, fail_on, log, device, budget)
 
 
 def _audit_locked(
     policy: "Policy", old: "AuditResult | None", out: Path, cache: Path, fail_on: str, log: Callable[[str], None],
-    device: str = "cpu",
+    device: str = "cpu", max_memory: int | None = None,
 ) -> int:
     import dataclasses
 
@@ -156,7 +157,8 @@ def _audit_locked(
     errors_log = out / "errors.log"
     errors_log.unlink(missing_ok=True)
     command = "auditor " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log, device=device)
+    outcome = pipeline.run_audit(policy, cache, log, command=command, errors_log=errors_log, device=device,
+                                 max_memory=max_memory)
     result = outcome.result
     if old is not None:
         result = dataclasses.replace(result, baseline=diff_results(old, result))
@@ -169,7 +171,15 @@ def _audit_locked(
     click.echo(f"verdict: {result.verdict}  report: {rendered.pdf}", err=True)
     for c in result.checks:
         click.echo(f"  {c.status.value:7s} {c.severity:8s} {c.id}: {c.summary}", err=True)
+    click.echo(peak_line(), err=True)
     return code
+
+
+def peak_line() -> str:
+    """The run's peak resident memory, printed last by every `auditor run` (with --quiet too, like the verdict)."""
+    from auditor import memory
+
+    return f"peak memory: {memory.peak_rss_mib():.0f} MiB resident"
 
 
 @main.command()
@@ -182,12 +192,16 @@ def _audit_locked(
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="an earlier results.json: the report gets a 'Changes since the baseline' section")
 @device_option
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="memory budget the models' chunks are sized against, e.g. 4GiB (default: half the machine's "
+                   "available memory, at most 4 GiB)")
 @_guard
 def run(
-    policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None, device: str
+    policy: Path, out: Path, cache_dir: Path | None, fail_on: str, quiet: bool, baseline: Path | None, device: str,
+    max_memory: str | None,
 ) -> None:
     """Run the audit POLICY describes; write results.json and the report into --out."""
-    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet, baseline, device))
+    sys.exit(_audit(policy, out, cache_dir, fail_on, quiet, baseline, device, max_memory))
 
 
 @main.command("diff")

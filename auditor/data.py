@@ -176,10 +176,12 @@ def decode(path: Path, pre: Preprocessing) -> np.ndarray:
     return normalise(read_rgb(path, pre.size), pre)
 
 
-def load(images: ImageSet, pre: Preprocessing) -> np.ndarray:
-    """All images of a set -> (n, 3, H, W) float32."""
-    out = np.empty((len(images), 3, *pre.size), np.float32)
-    for i, p in enumerate(images.paths):
+def load(images: ImageSet, pre: Preprocessing, rows: slice = slice(None)) -> np.ndarray:
+    """The images of a set (or the `rows` of it: the store decodes a set a chunk at a time) -> (n, 3, H, W)
+    float32."""
+    paths = images.paths[rows]
+    out = np.empty((len(paths), 3, *pre.size), np.float32)
+    for i, p in enumerate(paths):
         out[i] = decode(p, pre)
     return out
 

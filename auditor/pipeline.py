@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from auditor import __version__, data
+from auditor import __version__, data, memory
 from auditor.activations import Store, StoreStats
 from auditor.context import Context, ImageSets
 from auditor.errors import CheckError, NonFiniteError, UserError
@@ -225,9 +225,12 @@ def _image_sets(policy: Policy, pre: data.Preprocessing, models: dict[str, Model
     )
 
 
-def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None], device: str = "cpu") -> Context:
+def prepare(
+    policy: Policy, cache_dir: Path, log: Callable[[str], None], device: str = "cpu", max_memory: int | None = None
+) -> Context:
     """Load models (on `device`: cpu, cuda or auto) and image sets and check everything the policy names
-    exists; raise PolicyError listing every problem (one line each) before any computation starts."""
+    exists; raise PolicyError listing every problem (one line each) before any computation starts. `max_memory`
+    (bytes; default `memory.default_budget()`) is the budget the store sizes its chunks against."""
     problems: list[str] = []
     pre = preprocessing(policy)
     log("loading models")
@@ -239,7 +242,9 @@ def prepare(policy: Policy, cache_dir: Path, log: Callable[[str], None], device:
     if problems:
         raise PolicyError(policy.source, problems)
     cache = devices.cache_dir(cache_dir, (getattr(m, "device", "cpu") for m in models.values()))
-    return Context(policy=policy, models=models, sets=sets, store=Store(cache, pre, log), log=log)
+    store = Store(cache, pre, log, max_memory)
+    log(f"memory budget {memory.format_size(store.max_memory)} (chunks of up to {memory.format_size(store.chunk_bytes)})")
+    return Context(policy=policy, models=models, sets=sets, store=store, log=log)
 
 
 def created_timestamp() -> str:
@@ -328,13 +333,15 @@ def correct_families(specs: list, results: list[CheckResult]) -> list[CheckResul
 
 def run_audit(
     policy: Policy, cache_dir: Path, log: Callable[[str], None], command: str = "", errors_log: Path | None = None,
-    device: str = "cpu",
+    device: str = "cpu", max_memory: int | None = None,
 ) -> RunOutcome:
-    ctx = prepare(policy, cache_dir, log, device)
+    ctx = prepare(policy, cache_dir, log, device, max_memory)
     checks = []
     for check in policy.checks:
         log(f"check {check.id} ({check.method})")
         checks.append(_run_check(check, ctx, errors_log))
+        ctx.store.release()  # what the check read stays on disk; its maps and decoded images are let go
+        log(f"check {check.id} done, peak memory so far {memory.peak_rss_mib():.0f} MiB")
     checks = correct_families(list(policy.checks), checks)
     verdict = "FAIL" if any(c.status in (Status.FAIL, Status.ERROR) for c in checks) else "PASS"
     s = ctx.store.stats

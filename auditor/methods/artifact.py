@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from auditor import data
+from auditor import data, memory
 from auditor.context import Context, derive_seed, subsample
 from auditor.errors import UserError
 from auditor.methods import stats
@@ -85,16 +86,27 @@ def paste_pair(rgb: np.ndarray, patch: np.ndarray, at: tuple[int, int], opacity:
 
 
 def make_pairs(images: list[Path], spec: ArtifactSpec, artifact_path: Path, pre: data.Preprocessing, seed: int) -> Pairs:
+    return next(pair_chunks(images, spec, artifact_path, pre, seed, max(1, len(images))))
+
+
+def pair_chunks(
+    images: list[Path], spec: ArtifactSpec, artifact_path: Path, pre: data.Preprocessing, seed: int, size: int
+) -> Iterator[Pairs]:
+    """`make_pairs` a chunk of `size` images at a time (one seeded draw of positions over all of them, in order,
+    so the chunks together are `make_pairs` of the whole list)."""
     patch = fit_artifact(load_artifact(artifact_path), pre.size[1], spec)
     rng = np.random.default_rng(seed)
-    art, neu = [], []
-    for path in images:
-        rgb = data.read_rgb(path, pre.size)
-        at = position(spec, rgb.shape[:2], patch.shape[:2], rng)
-        a, n = paste_pair(rgb, patch, at, spec.opacity)
-        art.append(data.normalise(a, pre))
-        neu.append(data.normalise(n, pre))
-    return Pairs(np.stack(art), np.stack(neu), tuple(p.name for p in images))
+    for start in range(0, max(1, len(images)), size):
+        art, neu = [], []
+        chunk = images[start : start + size]
+        for path in chunk:
+            rgb = data.read_rgb(path, pre.size)
+            at = position(spec, rgb.shape[:2], patch.shape[:2], rng)
+            a, n = paste_pair(rgb, patch, at, spec.opacity)
+            art.append(data.normalise(a, pre))
+            neu.append(data.normalise(n, pre))
+        empty = np.zeros((0, 3, *pre.size), np.float32)
+        yield Pairs(np.stack(art) if art else empty, np.stack(neu) if neu else empty, tuple(p.name for p in chunk))
 
 
 def fit_problem(spec: ArtifactSpec, path: Path, pre: data.Preprocessing) -> str | None:
@@ -155,15 +167,22 @@ def probe_findings(spec: ProbeSpec, ctx: Context) -> list[dict]:
     seed = derive_seed(ctx.policy.seed, spec.id)
     artifact_path = ctx.policy.resolve(spec.artifact.image)
     images = _clean_images(spec, ctx, seed)
-    pairs = make_pairs(images, spec.artifact, artifact_path, ctx.pre, derive_seed(seed, "positions"))
     names = ctx.policy.data.classes.names
     classes = spec.classes or list(names)
     roles = spec.models or list(ctx.models)
+    # Pasted a chunk at a time, every model run on each chunk: the pairs of a whole class set at 224 px were
+    # 1.2 MB an image (issue 18); only the logits are kept.
+    side = 3 * ctx.pre.size[0] * ctx.pre.size[1] * 4
+    size = memory.images_per_chunk(2 * side * (1 + memory.FORWARD_WORK), ctx.store.chunk_bytes)
+    ctx.log(f"artifact probe {spec.id}: {', '.join(roles)} on {len(images)} image pairs")
+    logits: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {role: [] for role in roles}
+    for pairs in pair_chunks(images, spec.artifact, artifact_path, ctx.pre, derive_seed(seed, "positions"), size):
+        for role in roles:
+            logits[role].append((ctx.models[role].predict(pairs.artifact), ctx.models[role].predict(pairs.neutral)))
     findings = []
     for role in roles:
-        model = ctx.models[role]
-        ctx.log(f"artifact probe {spec.id}: {role} on {len(images)} image pairs")
-        la, ln = model.predict(pairs.artifact), model.predict(pairs.neutral)
+        la = np.concatenate([a for a, _n in logits[role]])
+        ln = np.concatenate([n for _a, n in logits[role]])
         idx = [names.index(k) for k in classes]
         auc = stats.rank_auc(la[:, idx], ln[:, idx])
         flips = (la.argmax(1) != ln.argmax(1)).mean()

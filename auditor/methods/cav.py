@@ -8,6 +8,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import train_test_split
 
+from auditor import memory
+
 LEARNERS = ("logistic", "sgd", "mean")
 
 
@@ -22,7 +24,9 @@ class Cav:
 def features(acts: np.ndarray, space: str) -> np.ndarray:
     """(n, *layer_shape) -> (n, D): `flatten` keeps every position, `pooled` averages conv maps over space."""
     if space == "pooled" and acts.ndim == 4:
-        return acts.mean(axis=(2, 3))
+        out = acts.mean(axis=(2, 3))
+        memory.forget(acts)  # a memory-mapped set: its read pages leave the resident set (issue 18)
+        return out
     return acts.reshape(len(acts), -1)
 
 

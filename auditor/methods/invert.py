@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from auditor import data
+from auditor import data, memory
 from auditor.context import Context, derive_seed
 from auditor.labels import ProbeLabels, load_labels, missing_columns, summarise, validate_labels
 from auditor.methods import artifact, stats
@@ -110,6 +110,7 @@ def reduce_units(acts: np.ndarray, how: str) -> np.ndarray:
     for start in range(0, len(acts), REDUCE_CHUNK):
         block = np.asarray(acts[start : start + REDUCE_CHUNK], np.float64)
         out[start : start + len(block)] = block.mean(axis=axes) if how == "mean" else block.max(axis=axes)
+        memory.forget(acts)  # the blocks read so far leave the resident set (issue 18)
     return out
 
 
