@@ -59,6 +59,13 @@ def build(seed: int = SEED) -> ResNetLike:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = ResNetLike()
+    randomise(net, gen, linear=True)
+    return net.eval()
+
+
+def randomise(net: nn.Module, gen: torch.Generator, linear: bool) -> None:
+    """In module order: Kaiming-normal convolutions, BatchNorm statistics and affine terms drawn near the identity,
+    and (with `linear`) small normal linear weights with zero bias; all from `gen`."""
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.Conv2d):
@@ -68,7 +75,6 @@ def build(seed: int = SEED) -> ResNetLike:
                 m.running_var.uniform_(0.5, 1.5, generator=gen)
                 m.weight.uniform_(0.2, 0.6, generator=gen)
                 m.bias.normal_(0.0, 0.05, generator=gen)
-            elif isinstance(m, nn.Linear):
+            elif linear and isinstance(m, nn.Linear):
                 m.weight.normal_(0.0, 0.05, generator=gen)
                 m.bias.zero_()
-    return net.eval()

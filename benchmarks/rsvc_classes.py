@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from resnet_like import BasicBlock  # noqa: E402
+from resnet_like import BasicBlock, randomise  # noqa: E402
 
 from auditor import pipeline  # noqa: E402
 from auditor.methods import METHODS  # noqa: E402
@@ -72,16 +72,8 @@ def build(classes: int, seed: int) -> Net:
     """The trunk from `seed` alone (the same for both head sizes), then the classifier from its own seed."""
     torch.manual_seed(seed)
     net = Net(classes)
-    gen = torch.Generator().manual_seed(seed)
+    randomise(net, torch.Generator().manual_seed(seed), linear=False)
     with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1, generator=gen)
-                m.running_var.uniform_(0.5, 1.5, generator=gen)
-                m.weight.uniform_(0.2, 0.6, generator=gen)
-                m.bias.normal_(0.0, 0.05, generator=gen)
         head = torch.Generator().manual_seed(seed + 10_000)
         net.fc.weight.normal_(0.0, 2.0 / WIDTHS[-1] ** 0.5, generator=head)
         net.fc.bias.zero_()
