@@ -21,13 +21,21 @@ class Cav:
     offset: float = 0.0
 
 
-def features(acts: np.ndarray, space: str) -> np.ndarray:
-    """(n, *layer_shape) -> (n, D): `flatten` keeps every position, `pooled` averages conv maps over space."""
+def features(acts: np.ndarray, space: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """(n, *layer_shape) -> (n, D) of every image, or of `rows` in their order: `flatten` keeps every position,
+    `pooled` averages conv maps over space. A memory-mapped set is read a block of images at a time and its pages
+    forgotten after each (memory.row_blocks), so pooling a set holds one block of it, not the set (issue 18)."""
+    n = len(acts) if rows is None else len(rows)
     if space == "pooled" and acts.ndim == 4:
-        out = acts.mean(axis=(2, 3))
-        memory.forget(acts)  # a memory-mapped set: its read pages leave the resident set (issue 18)
+        out = np.empty(acts.shape[:2] if rows is None else (n, acts.shape[1]), acts.dtype)
+        for start, block in memory.row_blocks(acts, rows):
+            out[start : start + len(block)] = block.mean(axis=(2, 3))
         return out
-    return acts.reshape(len(acts), -1)
+    if rows is None:
+        return acts.reshape(n, -1)
+    out = np.asarray(acts[np.asarray(rows)]).reshape(n, -1)  # the features are these rows: a copy either way
+    memory.forget(acts)
+    return out
 
 
 def train_cav(concept: np.ndarray, random: np.ndarray, learner: str, seed: int) -> Cav:

@@ -237,14 +237,15 @@ class _Runs:
 
 
 def _mean_runs(
-    feats_r: list[np.ndarray], concepts: dict[str, tuple[np.ndarray, np.ndarray | None]], spare: np.ndarray,
-    pseudo_rows: np.ndarray, seed: int,
+    feats_r: list[np.ndarray], concepts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    spare: np.ndarray, pseudo_rows: np.ndarray, seed: int,
 ) -> _Runs:
     """Mean per-position CAVs of the exchangeability test: per run i, the concepts, the M pseudo-concepts (spare
     rows, every position a concept sample: they have no concept mask) and the random-vs-random run, all on the
-    run's one image split."""
+    run's one image split. `concepts`: concept -> (its folder's activations, the rows used, their `where`); the
+    activations are read a block at a time, never copied whole (issue 18)."""
     sums_r = [position_sums(a) for a in feats_r]
-    sums_c = {c: position_sums(a, where) for c, (a, where) in concepts.items()}
+    sums_c = {c: position_sums(a, where, rows) for c, (a, rows, where) in concepts.items()}
     sums_s = position_sums(spare)
     n = len(pseudo_rows[0])
     null, concept = [], {c: [] for c in concepts}
@@ -254,8 +255,9 @@ def _mean_runs(
         rand = subset_sums(sums_r[i], r_tr)
         sides = [subset_sums(sums_c[c], c_tr) for c in concepts] + [subset_sums(sums_s, r[c_tr]) for r in pseudo_rows]
         v, b = mean_spatial_cavs(sides, rand)
-        for j, (c, (acts, where)) in enumerate(concepts.items()):
-            acc = balanced_accuracy(acts[c_te], None if where is None else where[c_te], feats_r[i][r_te], v[j], b[j])
+        for j, (c, (acts, rows, where)) in enumerate(concepts.items()):
+            acc = balanced_accuracy(acts, rows[c_te], None if where is None else where[c_te], feats_r[i], r_te,
+                                    v[j], b[j])
             concept[c].append(Cav(v[j].astype(np.float32), acc, float(b[j])))
         vs.append(v[len(concepts):].astype(np.float32))
         bs.append(b[len(concepts):])
@@ -286,7 +288,7 @@ def _train_runs(
         feats_r = [np.asarray(a[layer]) for a in random_acts]
         grid = feats_r[0].shape[2:]
         if spare is not None:
-            concepts = {c: (np.asarray(concept_acts[c][layer])[concept_rows[c]],
+            concepts = {c: (np.asarray(concept_acts[c][layer]), concept_rows[c],
                             _concept_where(check, ctx, c, concept_rows[c], grid)) for c in check.concepts}
             out[layer] = _mean_runs(feats_r, concepts, np.asarray(spare_acts[layer]), spare[1], seed)
             continue

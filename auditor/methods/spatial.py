@@ -19,8 +19,6 @@ DIRECTION_BYTES = 256 * 2**20
 # 51,200 rows, and 20 of ~300 logistic fits on them took 2 minutes; a direction in C <= 512 dimensions is
 # well determined by a few thousand rows.
 MAX_POSITIONS = 4096
-# Images per block where an activation-sized array is cast to float64 (32 images of a 1024 x 14 x 14 layer: 51 MB).
-IMAGE_BLOCK = 32
 
 
 def position_rows(acts: np.ndarray) -> np.ndarray:
@@ -85,18 +83,20 @@ class PositionSums:
     counts: np.ndarray  # (n,)
 
 
-def position_sums(acts: np.ndarray, where: np.ndarray | None = None) -> PositionSums:
-    """(n, C, H, W) activations, `where` (n, H, W) positions that count (default: all) -> PositionSums."""
-    acts = np.asarray(acts)
-    mask = np.ones(acts.shape[:1] + acts.shape[2:], bool) if where is None else np.asarray(where, bool)
-    # float64 a block of images at a time: a whole float64 copy of a (n, C, H, W) memory map was the largest
-    # array of a check (issue 18); each image's sum is the same either way.
-    sums = np.empty(acts.shape[:2], np.float64)
-    for start in range(0, len(acts), IMAGE_BLOCK):
-        part = slice(start, start + IMAGE_BLOCK)
-        sums[part] = np.einsum("nchw,nhw->nc", acts[part].astype(np.float64), mask[part].astype(np.float64))
-        memory.forget(acts)
-    return PositionSums(sums, mask.reshape(len(mask), -1).sum(axis=1).astype(np.float64))
+def position_sums(acts: np.ndarray, where: np.ndarray | None = None,
+                  rows: np.ndarray | None = None) -> PositionSums:
+    """(n, C, H, W) activations (or their `rows`), `where` (one (H, W) per image taken) positions that count
+    (default: all) -> PositionSums.
+
+    float64 a block of images at a time (memory.row_blocks): a whole float64 copy of a (n, C, H, W) memory map was
+    the largest array of a check (issue 18); each image's sum is the same either way."""
+    n = len(acts) if rows is None else len(rows)
+    mask = np.ones((n, *acts.shape[2:]), bool) if where is None else np.asarray(where, bool)
+    sums = np.empty((n, acts.shape[1]), np.float64)
+    for start, block in memory.row_blocks(acts, rows):
+        part = slice(start, start + len(block))
+        sums[part] = np.einsum("nchw,nhw->nc", block.astype(np.float64), mask[part].astype(np.float64))
+    return PositionSums(sums, mask.reshape(n, -1).sum(axis=1).astype(np.float64))
 
 
 def image_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -124,15 +124,28 @@ def subset_sums(p: PositionSums, rows: np.ndarray) -> PositionSums:
     return PositionSums(p.sums[rows], p.counts[rows])
 
 
-def balanced_accuracy(concept: np.ndarray, where: np.ndarray | None, random: np.ndarray, v: np.ndarray,
-                      offset: float) -> float:
-    """Held-out accuracy of a per-position CAV: the mean of the share of concept positions (`where`) it calls
-    concept and the share of random positions it calls random (0.5 = chance)."""
-    rc = relevance_maps(concept, v[None], np.array([offset]))[:, 0]
-    rr = relevance_maps(random, v[None], np.array([offset]))[:, 0]
-    mask = np.ones(rc.shape, bool) if where is None else np.asarray(where, bool)
-    tpr = float((rc[mask] > 0).mean()) if mask.any() else 0.0
-    return (tpr + float((rr <= 0).mean())) / 2
+def relevant_positions(acts: np.ndarray, rows: np.ndarray, where: np.ndarray | None, v: np.ndarray,
+                       offset: float) -> tuple[int, int]:
+    """(positions with R > 0, positions counted) over the images `rows` of acts (n, C, H, W), a block at a time;
+    `where` (len(rows), H, W) marks the positions that count (None: all)."""
+    hits = total = 0
+    for start, block in memory.row_blocks(acts, rows):
+        positive = relevance_maps(block, v[None], np.array([offset]))[:, 0] > 0
+        mask = np.ones(positive.shape, bool) if where is None else np.asarray(where[start : start + len(block)], bool)
+        hits += int(positive[mask].sum())
+        total += int(mask.sum())
+    return hits, total
+
+
+def balanced_accuracy(concept: np.ndarray, concept_rows: np.ndarray, where: np.ndarray | None, random: np.ndarray,
+                      random_rows: np.ndarray, v: np.ndarray, offset: float) -> float:
+    """Held-out accuracy of a per-position CAV on the images `concept_rows` of `concept` and `random_rows` of
+    `random`: the mean of the share of concept positions (`where`, one (H, W) per concept row) it calls concept
+    and the share of random positions it calls random (0.5 = chance)."""
+    hits, counted = relevant_positions(concept, concept_rows, where, v, offset)
+    fired, random_positions = relevant_positions(random, random_rows, None, v, offset)
+    tpr = hits / counted if counted else 0.0
+    return (tpr + (random_positions - fired) / random_positions) / 2
 
 
 def relevance_maps(acts: np.ndarray, cavs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -188,35 +201,31 @@ def contribution_maps(
     return out.reshape(n, h, w) * present
 
 
-def image_norms(a: np.ndarray) -> np.ndarray:
-    """|a_i| of every image (first axis) in float64, a block of images at a time (no float64 copy of the whole
-    array; each image's norm is the same either way)."""
-    out = np.empty(len(a), np.float64)
-    for start in range(0, len(a), IMAGE_BLOCK):
-        block = np.asarray(a[start : start + IMAGE_BLOCK], np.float64)
-        out[start : start + len(block)] = np.linalg.norm(block.reshape(len(block), -1), axis=1)
-        memory.forget(a)
-    return out
-
-
 def spatial_stats(acts: np.ndarray, grads: np.ndarray, cavs: np.ndarray, offsets: np.ndarray,
                   chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Both statistics of every CAV from the full gradient maps: (spatial score (k,), mean cosine (k,)).
 
     The cosine of image x is that of its gradient map g (all positions) with the direction the score uses, v at
-    the positions where R > 0: S(x) / (|g| sqrt(#{R > 0})) for a unit v; 0 when no position is relevant."""
-    acts, grads = np.asarray(acts, np.float32), np.asarray(grads, np.float32)
-    gnorm = image_norms(grads)
-    score, cosine = np.zeros(len(cavs)), np.zeros(len(cavs))
-    for start in range(0, len(cavs), chunk):
-        part = slice(start, start + chunk)
-        positive = relevance_maps(acts, cavs[part], offsets[part]) > 0
-        contribution = np.einsum("nchw,kc->nkhw", grads, cavs[part].astype(np.float32), optimize=True)
-        sums = (contribution * positive).sum(axis=(2, 3), dtype=np.float64)  # (n, k)
-        denom = gnorm[:, None] * np.sqrt(positive.sum(axis=(2, 3)))
-        score[part] = (sums > 0).mean(axis=0)
-        cosine[part] = np.divide(sums, denom, out=np.zeros_like(sums), where=denom > 0).mean(axis=0)
-    return score, cosine
+    the positions where R > 0: S(x) / (|g| sqrt(#{R > 0})) for a unit v; 0 when no position is relevant.
+
+    A block of images at a time (memory.row_blocks), CAVs `chunk` at a time within it: the per-image sums are all
+    that is kept, so the memory held does not grow with the class set (issue 18: the whole set at once added
+    0.5 GiB at 4x the images of benchmarks/real_scale.py)."""
+    n, k = len(acts), len(cavs)
+    sums, positives, gnorm = np.zeros((n, k)), np.zeros((n, k)), np.empty(n)
+    for (start, a), (_, g) in zip(memory.row_blocks(acts), memory.row_blocks(grads)):
+        rows = slice(start, start + len(a))
+        a, g = a.astype(np.float32, copy=False), g.astype(np.float32, copy=False)
+        gnorm[rows] = np.linalg.norm(g.reshape(len(g), -1).astype(np.float64), axis=1)
+        for first in range(0, k, chunk):
+            part = slice(first, first + chunk)
+            positive = relevance_maps(a, cavs[part], offsets[part]) > 0
+            contribution = np.einsum("nchw,kc->nkhw", g, cavs[part].astype(np.float32), optimize=True)
+            sums[rows, part] = (contribution * positive).sum(axis=(2, 3), dtype=np.float64)
+            positives[rows, part] = positive.sum(axis=(2, 3))
+    denom = gnorm[:, None] * np.sqrt(positives)
+    cosine = np.divide(sums, denom, out=np.zeros_like(sums), where=denom > 0).mean(axis=0)
+    return (sums > 0).mean(axis=0), cosine
 
 
 def spatial_scores(sums: np.ndarray) -> np.ndarray:

@@ -278,7 +278,7 @@ def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[
                               for c in [*check.concepts, *(relative_name(a, b) for a, b in check.relative)]]
                 continue
             fs = features(np.asarray(spare_acts[layer]), check.space)
-            sets = [features(np.asarray(concept_acts[c][layer])[d.concept_rows[c]], check.space)
+            sets = [features(np.asarray(concept_acts[c][layer]), check.space, d.concept_rows[c])
                     for c in check.concepts] + [fs[r] for r in rows]
             groups = [("concept", list(check.concepts), score_sets(sets, feats_r[1:], grads, check.cav, d.seed))]
             if check.relative:  # relative cells against pseudo-pairs: two disjoint pseudo-concepts each
@@ -327,15 +327,15 @@ def _cells(check: TcavCheck, ctx: Context) -> tuple[list[Cell], dict[str, list[s
             ]
             concept: dict[str, list[Cav]] = {}
             for c in check.concepts:
-                fc = features(np.asarray(concept_acts[c][layer])[concept_rows[c]], check.space)
+                fc = features(np.asarray(concept_acts[c][layer]), check.space, concept_rows[c])
                 concept[c] = [
                     train_cav(fc, feats_r[i], check.cav, derive_seed(seed, "cav", c, str(i)))
                     for i in range(1, n_runs + 1)
                 ]
             for a, b in check.relative:
                 concept[relative_name(a, b)] = relative_cavs(
-                    features(np.asarray(concept_acts[a][layer])[concept_rows[a]], check.space),
-                    features(np.asarray(concept_acts[b][layer])[concept_rows[b]], check.space),
+                    features(np.asarray(concept_acts[a][layer]), check.space, concept_rows[a]),
+                    features(np.asarray(concept_acts[b][layer]), check.space, concept_rows[b]),
                     check.cav, n_runs, derive_seed(seed, "relative", a, b),
                 )
             names_all = list(concept)  # the check's concepts, then its relative pairs

@@ -1,0 +1,96 @@
+"""Methods read cached sets a block of images at a time (issue 18): TCAV's pooled features, SACV's position sums,
+held-out accuracy and statistics give what the whole arrays give, and a pass over a memory-mapped set holds one
+block of its pages, not the set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from auditor import memory
+from auditor.methods import spatial
+from auditor.methods.cav import features
+
+N = 70  # over two blocks of memory.IMAGE_BLOCK (32), the last one partial
+
+
+def rss_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    return 0
+
+
+def mapped(tmp_path, name: str, arr: np.ndarray) -> np.ndarray:
+    np.save(tmp_path / f"{name}.npy", arr)
+    return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+
+
+def test_row_blocks_hold_one_block_of_a_mapped_set(tmp_path):
+    arr = np.random.default_rng(0).random((N, 256, 16, 16), dtype=np.float32)  # 256 KiB an image, 17.5 MiB
+    m = mapped(tmp_path, "a", arr)
+    block_kib = memory.IMAGE_BLOCK * arr[0].nbytes // 1024
+    before = rss_file_kib()
+    seen, grown = [], []
+    for start, block in memory.row_blocks(np.asarray(m)):
+        assert not isinstance(block, np.memmap) and block.base is None  # a copy, not a view of the map
+        seen.append(block)
+        grown.append(rss_file_kib() - before)
+        assert start == sum(len(b) for b in seen[:-1])
+    np.testing.assert_array_equal(np.concatenate(seen), arr)
+    # Each block's pages were read and then forgotten: never more than one block resident (+ a page of slack).
+    assert max(grown) < block_kib + 64, (grown, block_kib)
+    rows = np.array([5, 69, 0, 33, 32, 7] * 7)
+    got = np.concatenate([b for _, b in memory.row_blocks(m, rows)])
+    np.testing.assert_array_equal(got, arr[rows])
+
+
+def test_pooled_features_of_rows_are_the_rows_features(tmp_path):
+    arr = np.random.default_rng(1).standard_normal((N, 8, 5, 5)).astype(np.float32)
+    m = mapped(tmp_path, "a", arr)
+    rows = np.sort(np.random.default_rng(2).permutation(N)[:45])
+    slow = np.stack([[arr[i, c].mean() for c in range(8)] for i in rows])
+    np.testing.assert_allclose(features(np.asarray(m), "pooled", rows), slow, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(features(np.asarray(m), "pooled", rows), features(arr[rows], "pooled"))
+    np.testing.assert_array_equal(features(np.asarray(m), "flatten", rows), arr[rows].reshape(len(rows), -1))
+    np.testing.assert_array_equal(features(np.asarray(m), "pooled"), arr.mean(axis=(2, 3)))
+
+
+def test_position_sums_and_balanced_accuracy_of_rows_match_a_loop(tmp_path):
+    rng = np.random.default_rng(3)
+    concept, random = rng.random((N, 4, 3, 3)).astype(np.float32), rng.random((40, 4, 3, 3)).astype(np.float32)
+    mc, mr = mapped(tmp_path, "c", concept), mapped(tmp_path, "r", random)
+    rows = np.sort(rng.permutation(N)[:50])
+    where = rng.random((50, 3, 3)) > 0.5
+    sums = spatial.position_sums(np.asarray(mc), where, rows)
+    for j, i in enumerate(rows):
+        slow = sum(concept[i, :, h, w].astype(np.float64) for h in range(3) for w in range(3) if where[j, h, w])
+        np.testing.assert_allclose(sums.sums[j], slow if np.ndim(slow) else np.zeros(4), rtol=1e-12)
+        assert sums.counts[j] == where[j].sum()
+    v = rng.standard_normal(4)
+    v /= np.linalg.norm(v)
+    b = -float(v @ concept.mean(axis=(0, 2, 3)))
+    r_rows = np.arange(3, 40, 2)
+    got = spatial.balanced_accuracy(np.asarray(mc), rows, where, np.asarray(mr), r_rows, v, b)
+    hits = [v @ concept[i, :, h, w] + b > 0 for j, i in enumerate(rows) for h in range(3) for w in range(3)
+            if where[j, h, w]]
+    fired = [v @ random[i, :, h, w] + b > 0 for i in r_rows for h in range(3) for w in range(3)]
+    assert got == pytest.approx((np.mean(hits) + 1 - np.mean(fired)) / 2, abs=1e-12)
+
+
+def test_spatial_stats_over_blocks_are_the_whole_sets(tmp_path):
+    rng = np.random.default_rng(4)
+    acts = rng.random((N, 6, 4, 4)).astype(np.float32)
+    grads = rng.standard_normal((N, 6, 4, 4)).astype(np.float32)
+    cavs = rng.standard_normal((5, 6))
+    cavs /= np.linalg.norm(cavs, axis=1, keepdims=True)
+    offsets = rng.standard_normal(5) - 1.0
+    score, cosine = spatial.spatial_stats(np.asarray(mapped(tmp_path, "a", acts)),
+                                          np.asarray(mapped(tmp_path, "g", grads)), cavs, offsets, chunk=2)
+    # The whole-set formula, written out on arrays in memory.
+    positive = np.einsum("nchw,kc->nkhw", acts.astype(np.float64), cavs) + offsets[None, :, None, None] > 0
+    s = (np.einsum("nchw,kc->nkhw", grads.astype(np.float64), cavs) * positive).sum(axis=(2, 3))
+    denom = np.linalg.norm(grads.reshape(N, -1).astype(np.float64), axis=1)[:, None] * np.sqrt(positive.sum((2, 3)))
+    np.testing.assert_allclose(score, (s > 0).mean(axis=0))
+    np.testing.assert_allclose(cosine, np.where(denom > 0, s / np.where(denom > 0, denom, 1), 0).mean(axis=0),
+                               rtol=1e-5, atol=1e-6)
