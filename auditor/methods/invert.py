@@ -48,8 +48,6 @@ MIN_IMAGES = 20
 EVIDENCE_UNITS = 6
 HIST_BINS = 24
 THUMBNAIL_SIDE = 64
-# Images read at a time when reducing stored activations to one value per unit.
-REDUCE_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,16 +99,16 @@ def validate(
 def reduce_units(acts: np.ndarray, how: str) -> np.ndarray:
     """(n, C, ...) activations -> (n, C) float64: the mean (or max) over every position of each unit.
 
-    Read in chunks of images: the store may hand a memory-mapped array larger than memory.
+    A block of images at a time (memory.row_blocks): the store may hand a memory-mapped array larger than memory,
+    and a block of 256 images as float64 was 411 MB at a 1024 x 14 x 14 layer (issue 18).
     """
     if acts.ndim == 2:
         return np.asarray(acts, np.float64)
     out = np.empty(acts.shape[:2], np.float64)
     axes = tuple(range(2, acts.ndim))
-    for start in range(0, len(acts), REDUCE_CHUNK):
-        block = np.asarray(acts[start : start + REDUCE_CHUNK], np.float64)
+    for start, block in memory.row_blocks(acts):
+        block = block.astype(np.float64)
         out[start : start + len(block)] = block.mean(axis=axes) if how == "mean" else block.max(axis=axes)
-        memory.forget(acts)  # the blocks read so far leave the resident set (issue 18)
     return out
 
 
