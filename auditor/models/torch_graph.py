@@ -296,24 +296,59 @@ class GraphLayers:
     def head(self, name: str) -> AutogradHead:
         """The graph with `name`'s value replaced by an input: run(acts, x) -> logits, on the CPU."""
         self._check([name])
-        graph, nodes, logits = _copy(self._gm)
-        node = nodes[self._values[name].node]
-        last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
-        with graph.inserting_after(last_input):
-            acts_in = graph.placeholder("auditor_acts")
-        node.replace_all_uses_with(acts_in)
-        _tap(graph, acts_in)  # the head may write in place on its input: never on the caller's tensor
-        graph.output(acts_in if logits is node else logits)
-        # Ops that only fed the replaced value are dead now; the skip paths that still read `x` stay.
-        fn = fx.GraphModule(self._gm, graph)
-        fn.graph.eliminate_dead_code(is_impure_node=_may_mutate(fn))
-        fn.recompile()
-        device, layout = self._device, self._layout
+        return head_at(self._gm, self._values[name].node, self._device, self._layout)
 
-        def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return fn(x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu()
 
-        return AutogradHead(run)
+def head_at(gm: fx.GraphModule, node_name: str, device: torch.device, layout: torch.memory_format) -> AutogradHead:
+    """The head of `gm` from the value of its node `node_name` to the logits: run(acts, x) -> logits (CPU), the
+    graph with that value replaced by an input and what only fed it removed."""
+    graph, nodes, logits = _copy(gm)
+    node = nodes[node_name]
+    last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last_input):
+        acts_in = graph.placeholder("auditor_acts")
+    node.replace_all_uses_with(acts_in)
+    _tap(graph, acts_in)  # the head may write in place on its input: never on the caller's tensor
+    graph.output(acts_in if logits is node else logits)
+    # Ops that only fed the replaced value are dead now; the skip paths that still read `x` stay.
+    fn = fx.GraphModule(gm, graph)
+    fn.graph.eliminate_dead_code(is_impure_node=_may_mutate(fn))
+    fn.recompile()
+
+    def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return fn(x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu()
+
+    return AutogradHead(run)
+
+
+class _LeafAt(fx.Tracer):
+    """fx's tracer, with the module at `path` kept as one call (its output a node of its own)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name == self._path or super().is_leaf_module(m, module_qualified_name)
+
+
+def module_output_head(module: nn.Module, path: str, device: torch.device,
+                       layout: torch.memory_format) -> AutogradHead | None:
+    """The head from the output of the module at `path` that computes only what the logits still need from
+    there (the rest of the network, and the skip paths around the module from `x`), or None where fx cannot trace
+    the module or calls that module more than once (then a forward hook on the whole network is the head).
+
+    Why: a hooked head runs the whole network for every point it is asked about; RSVC's integrated gradients
+    ask (ig_steps + 1) points of every patch, at a layer near the logits (benchmarks/real_scale.py: layer4 of a
+    ResNet-50, where the rest is the pooling and the last linear layer)."""
+    try:
+        graph = _LeafAt(path).trace(module)
+    except Exception:  # fx raises many types (TraceError, TypeError, NotImplementedError...)
+        return None
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == path]
+    if len(calls) != 1:
+        return None
+    return head_at(fx.GraphModule(module, graph), calls[0].name, device, layout)
 
 
 def graph_for(

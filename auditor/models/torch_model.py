@@ -216,6 +216,7 @@ class ModuleModel:
         self._graph: GraphLayers | None = None
         self.graph_note = ""  # why functional results are not listed ("" when they are), set by layers()
         self._cpu_copy: nn.Module | None = None
+        self._heads: dict[str, AutogradHead] = {}
 
     @property
     def torch_module(self) -> nn.Module:
@@ -303,7 +304,14 @@ class ModuleModel:
         if not hooked:
             assert self._graph is not None
             return self._graph.head(layer)
-        return _module_head(self._module, layer, self._layout, self._device)
+        from auditor.models.torch_graph import module_output_head  # (torch_graph imports this module's helpers)
+
+        # Only what follows the module, where fx can cut the network there; else the whole network, hooked. Kept:
+        # a trace of a ResNet-50 takes a tenth of a second, and RSVC asks for the head once per batch of patches.
+        if layer not in self._heads:
+            self._heads[layer] = (module_output_head(self._module, layer, self._device, self._layout)
+                                  or _module_head(self._module, layer, self._layout, self._device))
+        return self._heads[layer]
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
