@@ -59,6 +59,96 @@ def test_batched_logistic_is_sklearns_logistic_regression():
         assert fitted.accuracies[b] == np.mean(((x[b, te] @ w + offset) > 0).astype(int) == y[te])
 
 
+def _primal_optimum(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """The slow reference: 0.5 |w|^2 + sum of log-losses of z w + b, z = x standardised (sigma 0 -> 1), minimised by
+    scipy's L-BFGS-B in all D dimensions (exact gradient, tight tolerances); returns the unnormalised direction in
+    raw space w / sigma and its offset. Asserts that the gradient at the answer vanishes."""
+    from scipy.optimize import minimize
+
+    mu, sigma = x.mean(0), x.std(0)
+    sigma[sigma == 0] = 1.0
+    z, y = (x - mu) / sigma, y.astype(np.float64)
+
+    def value_and_grad(theta):
+        w, b = theta[:-1], theta[-1]
+        f = z @ w + b
+        p = 1 / (1 + np.exp(-f))
+        return 0.5 * w @ w + np.sum(np.logaddexp(0, f) - y * f), np.r_[z.T @ (p - y) + w, np.sum(p - y)]
+
+    res = minimize(value_and_grad, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B",
+                   options={"ftol": 0, "gtol": 1e-11, "maxiter": 100000, "maxcor": 50})
+    assert np.abs(value_and_grad(res.x)[1]).max() < 1e-6, res.message
+    w = res.x[:-1] / sigma
+    return w, res.x[-1] - w @ mu
+
+
+def _problems(seed: int, count: int, rows: int, dim: int, test_rows: int = 40):
+    """`count` problems (rows, dim) with some signal; the first has a zero-variance column (3), the second is
+    ill-conditioned (columns of rank 3 plus 1e-3 noise, two rows 1e-7 apart)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(rows // 2, int), np.zeros(rows - rows // 2, int)]
+    yt = np.r_[np.ones(test_rows // 2, int), np.zeros(test_rows // 2, int)]
+    signal = rng.standard_normal(dim) * 0.7 * min(1.0, 20 / dim) ** 0.5  # held-out accuracy below 1
+    x = rng.standard_normal((count, rows, dim)) + y[None, :, None] * signal
+    xt = rng.standard_normal((count, test_rows, dim)) + yt[None, :, None] * signal
+    x[0, :, 3] = xt[0, :, 3] = 2.5
+    basis = rng.standard_normal((3, dim))
+    x[1] = rng.standard_normal((rows, 3)) @ basis + 1e-3 * rng.standard_normal((rows, dim)) + y[:, None] * signal
+    x[1, 1] = x[1, 0] + 1e-7
+    xt[1] = rng.standard_normal((test_rows, 3)) @ basis + yt[:, None] * signal
+    return x, y, xt, yt
+
+
+@pytest.mark.parametrize("dim", [50, 300, 20])  # 20 rows: D > m, D >> m, D == m (all the reduced path)
+def test_batched_logistic_with_at_least_as_many_features_as_rows(dim):
+    """D >= m: the m-dimensional problem on the Gram matrix's factor gives the full problem's optimum (against the
+    slow primal reference, to 1e-5), and sklearn's fit_cav up to its lbfgs tolerance (direction, offset, held-out
+    accuracy)."""
+    x, y, xt, yt = _problems(dim, 5, 20, dim)
+    fitted = exchangeable.fit_batch(x, y, xt, yt, "logistic", 0)
+    raw_v, raw_b = exchangeable._logistic_newton(x, y)
+    for b in range(len(x)):
+        w, offset = _primal_optimum(x[b], y)
+        assert np.abs(raw_v[b] - w).max() <= 1e-5 * np.abs(w).max()
+        assert abs(raw_b[b] - offset) <= 1e-5 * max(abs(offset), 1.0)
+        norm = np.linalg.norm(w)
+        assert np.allclose(fitted.vectors[b], w / norm, atol=1e-5)
+        assert np.isclose(fitted.offsets[b], offset / norm, atol=1e-5)
+        assert fitted.accuracies[b] == np.mean(((xt[b] @ w + offset) > 0).astype(int) == yt)
+        ref = fit_cav(x[b], y, xt[b], yt, "logistic", 0)
+        assert float(fitted.vectors[b].astype(np.float64) @ ref.vector) > 0.999
+        assert abs(fitted.offsets[b] - ref.offset) <= 1e-2 * max(abs(ref.offset), 1.0)
+        assert fitted.accuracies[b] == ref.accuracy
+    assert abs(raw_v[0, 3]) < 1e-12  # the zero-variance column
+
+
+@pytest.mark.parametrize("dim", [20, 50])  # D == m (the edge of the switch) and D > m
+def test_reduced_newton_equals_primal_newton(dim):
+    """The reduced path's answer is the primal Newton's on the same z (a (D + 1) x (D + 1) Hessian: slow, direct)."""
+    x, y, _xt, _yt = _problems(7, 4, 20, dim)
+    raw_v, raw_b = exchangeable._logistic_newton(x, y)
+    mu, sigma = x.mean(1, keepdims=True), x.std(1, keepdims=True)
+    sigma[sigma == 0] = 1.0
+    theta = exchangeable._newton((x - mu) / sigma, y.astype(np.float64))
+    w = theta[:, :-1] / sigma[:, 0]
+    assert np.allclose(raw_v, w, rtol=0, atol=1e-8 * np.abs(w).max())
+    assert np.allclose(raw_b, theta[:, -1] - np.einsum("bd,bd->b", w, mu[:, 0]), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("dim", [8, 60])  # primal (D < m) and reduced (D >= m)
+def test_newton_sub_batches_give_the_one_batch_answer(monkeypatch, dim):
+    x, y, xt, yt = _problems(dim + 1, 7, 20, dim)
+    whole = exchangeable.fit_batch(x, y, xt, yt, "logistic", 0)
+    sizes = []
+    newton = exchangeable._newton
+    monkeypatch.setattr(exchangeable, "_newton", lambda f, yy: sizes.append(len(f)) or newton(f, yy))
+    monkeypatch.setattr(exchangeable, "NEWTON_BUDGET", 2 * exchangeable.WORK_COPIES * 8 * 20 * (dim + 1))
+    parts = exchangeable.fit_batch(x, y, xt, yt, "logistic", 0)
+    assert sizes == [2, 2, 2, 1]
+    assert np.array_equal(whole.vectors, parts.vectors) and np.array_equal(whole.offsets, parts.offsets)
+    assert np.array_equal(whole.accuracies, parts.accuracies)
+
+
 def test_batched_mean_is_cav_fit_cavs_mean_learner():
     rng = np.random.default_rng(2)
     n = 15

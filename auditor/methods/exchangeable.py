@@ -19,6 +19,17 @@ Fitting M x N CAVs one by one with sklearn costs about 2 ms each (38,000 fits on
 the logistic learner here is a batched Newton solver of the same objective as `cav.fit_cav`'s (L2 logistic
 regression, C = 1, unpenalised intercept, on standardised features), and under this test the concept's CAVs come
 from the same solver as the pseudo-concepts' (exchangeable by construction, not up to solver tolerance).
+
+With at least as many features D as training rows m (a ResNet-50's pooled layers: D = 1024 or 2048 channels,
+m = 66 at set_size 50) Newton's step in the primal is a (D + 1) x (D + 1) system, and one sklearn fit per problem
+(the former fallback) costs 4-6 ms at m = 66, D = 2048 (9-10 ms on synthetic correlated features; 2 cores). The
+problem is solved exactly in m dimensions instead (`_logistic_newton`): the optimal w lies in the row space of the
+standardised features z (m x D), so with z = U s V^T and w = V c (z w = U s c, |w| = |c|) the same objective of c
+on the m x m features U s has the same optimum; U s comes from the m x m Gram matrix z z^T and w = z^T (y - p)
+from the optimality condition, so V is never formed. Measured at m = 66, D = 2048, 200 problems: 2.0 ms a problem,
+about 40% of it the float64 standardisation; the same reduction through a thin QR of z^T (w = Q c, features R^T)
+took 5.2 ms with one BLAS thread, 11 ms with two (np.linalg.qr on stacks: Householder QR and forming Q), and 295 ms
+while another process held the CPUs (its threaded LAPACK calls stall): slower than sklearn.
 """
 
 from __future__ import annotations
@@ -38,8 +49,15 @@ DEFAULT_MAX_PSEUDO = 2000
 # factor (S - n) / (S - 1) in variance: at S = 2n that is 0.5 (refused in validate), at S = 10n 0.9 (no warning).
 MIN_SPARE_SETS = 2
 WARN_SPARE_SETS = 10
-# Problems per batch of the Newton solver: (batch, rows, D + 1) float64 arrays, about 60 MB at 66 rows, D = 64.
+# Problems per sub-batch of the Newton solver: at most BATCH, and at most as many as keep WORK_COPIES float64 arrays
+# of (rows, D + 1) per problem within NEWTON_BUDGET bytes (`chunks` sizes the callers' batches by one such copy).
+# The copies: with D < rows the features with their column of ones, its transpose, the Hessian (smaller) and the
+# still-iterating problems' copies of the first two; with D >= rows only the standardised features (the Gram matrix
+# and the rest are rows x rows), so the bound is loose there. At 66 rows: 1024 problems at D = 64, 62 at D = 2048.
+# A problem over the budget on its own is fitted alone (cav.fit_cav makes the same float64 copy).
 BATCH = 1024
+NEWTON_BUDGET = 256 * 2**20
+WORK_COPIES = 4
 NEWTON_MAX_ITER = 50
 NEWTON_TOL = 1e-9
 
@@ -84,15 +102,15 @@ def fit_batch(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nda
               seed: int) -> Fitted:
     """Fit B CAV problems that share their labels: x_tr (B, m, D), y_tr (m,), x_te (B, t, D), y_te (t,).
 
-    `logistic`: batched Newton (below); `mean`: the difference of class means, as `cav.fit_cav`; `sgd`: one
-    sklearn fit per problem (slow: the reference learner has no batched form)."""
-    if learner == "logistic" and x_tr.shape[2] < x_tr.shape[1]:
+    `logistic`: batched Newton (below), for any D; `mean`: the difference of class means, as `cav.fit_cav`; `sgd`:
+    one sklearn fit per problem (slow: the reference learner has no batched form)."""
+    if learner == "logistic":
         vectors, offsets = _logistic_newton(x_tr, y_tr)
     elif learner == "mean":
         mu1 = x_tr[:, y_tr == 1].mean(1, dtype=np.float64)
         mu0 = x_tr[:, y_tr == 0].mean(1, dtype=np.float64)
         vectors, offsets = mu1 - mu0, -np.einsum("bd,bd->b", mu1 - mu0, (mu1 + mu0) / 2)
-    else:  # sgd, or logistic with more features than rows (flattened conv maps): the primal Hessian is D x D
+    else:  # sgd
         cavs = [fit_cav(x_tr[b], y_tr, x_te[b], y_te, learner, seed) for b in range(len(x_tr))]
         vectors = np.stack([c.vector for c in cavs]).astype(np.float64)
         offsets = np.array([c.offset for c in cavs])
@@ -124,49 +142,80 @@ def _damped(z: np.ndarray, y: np.ndarray, theta: np.ndarray, step: np.ndarray, p
     return scale[:, None] * step
 
 
+def _sub_batches(count: int, rows: int, dim: int) -> list[slice]:
+    """Slices of `count` problems for the Newton solver (see NEWTON_BUDGET)."""
+    size = max(1, min(BATCH, NEWTON_BUDGET // (WORK_COPIES * 8 * rows * (dim + 1))))
+    return [slice(s, min(s + size, count)) for s in range(0, count, size)]
+
+
 def _logistic_newton(x_tr: np.ndarray, y_tr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L2 logistic regression (C = 1, intercept unpenalised) on each problem's standardised features, by Newton's
-    method in batches; returns the direction in raw activation space w / sigma and its offset, unnormalised.
+    method in sub-batches; returns the direction in raw activation space w / sigma and its offset, unnormalised.
 
     The objective is sklearn's LogisticRegression(C=1.0)'s; Newton converges to its optimum to 1e-9 (sklearn's
-    lbfgs stops at tol 1e-4), so the two agree to about 1e-4 of |w| (tests compare them)."""
-    out_v, out_b = [], []
+    lbfgs stops at tol 1e-4), so the two agree to about 1e-4 of |w| (tests compare them; with D >= m on correlated
+    features sklearn stops further away: cosine 0.9988 measured at m = 66, D = 2048).
+
+    D < m: Newton on z itself. D >= m: the optimum w lies in the row space of z (a component of w orthogonal to
+    every row adds to |w| and changes no decision value). With z = U s V^T, the decision values of w = V c are
+    U s c and |w| = |c|, so Newton on the m x m features f = U s (not re-standardised) finds the optimal c, exactly;
+    f comes from the eigendecomposition of the Gram matrix z z^T = f f^T (eigh's backward error perturbs z z^T by
+    about 1e-16 of its norm, which moves the decision values by as little), and w = z^T (y - p) is the optimality
+    condition w + z^T (p - y) = 0, which needs neither V nor a division by a small singular value."""
+    count, rows, dim = x_tr.shape
     y = np.asarray(y_tr, np.float64)
-    for first in range(0, len(x_tr), BATCH):
-        part = slice(first, first + BATCH)
-        x = np.asarray(x_tr[part], np.float64)
-        mu = x.mean(axis=1, keepdims=True)
-        sigma = x.std(axis=1, keepdims=True)
+    out_v, out_b = [], []
+    for part in _sub_batches(count, rows, dim):
+        z = np.array(x_tr[part], np.float64)  # a copy: standardised in place below
+        mu = z.mean(axis=1, keepdims=True)
+        sigma = z.std(axis=1, keepdims=True)
         sigma[sigma == 0] = 1.0
-        z = np.concatenate([(x - mu) / sigma, np.ones((*x.shape[:2], 1))], axis=2)  # (b, m, D + 1)
-        zt = np.ascontiguousarray(z.transpose(0, 2, 1))
-        d = z.shape[2] - 1
-        theta = np.zeros((len(z), d + 1))
-        penalty = np.ones(d + 1)
-        penalty[-1] = 0.0
-        active = np.arange(len(z))
-        for _ in range(NEWTON_MAX_ITER):
-            whole = len(active) == len(z)  # no copy while every problem is still iterating
-            za, zta, th = (z, zt, theta) if whole else (z[active], zt[active], theta[active])
-            f = np.matmul(za, th[..., None])[..., 0]
-            p = expit(f)
-            grad = np.matmul(zta, (p - y)[..., None])[..., 0] + penalty * th
-            hess = np.matmul(zta * (p * (1 - p))[:, None, :], za)
-            hess[:, np.arange(d), np.arange(d)] += 1.0
-            hess[:, d, d] += 1e-10  # the intercept's curvature vanishes when every row is saturated
-            step = np.linalg.solve(hess, grad[..., None])[..., 0]
-            step = _damped(za, y, th, step, penalty, _objective(f, y, th, penalty))
-            theta[active] = th - step
-            # Converged problems leave the batch: most converge in 6-8 steps, a few separable ones take more.
-            # (Starting from the same set's solution of the previous run measured no faster on the demo: 30 s
-            # against 25-27 s for the TCAV check, the far starts needing halved steps.)
-            active = active[np.abs(step).max(axis=1) > NEWTON_TOL * (1 + np.abs(th).max(axis=1))]
-            if not len(active):
-                break
-        w = theta[:, :d] / sigma[:, 0, :]
+        z -= mu
+        z /= sigma
+        if dim < rows:
+            theta = _newton(z, y)
+            w = theta[:, :dim]
+        else:
+            s, u = np.linalg.eigh(np.matmul(z, z.transpose(0, 2, 1)))  # the Gram matrix z z^T, (b, m, m)
+            f = u * np.sqrt(np.maximum(s, 0.0))[:, None, :]  # f f^T = z z^T
+            theta = _newton(f, y)
+            a = y - expit(np.matmul(f, theta[:, :rows, None])[..., 0] + theta[:, -1:])
+            w = np.matmul(a[:, None, :], z)[:, 0, :]  # z^T (y - p)
+        w = w / sigma[:, 0, :]
         out_v.append(w)
-        out_b.append(theta[:, d] - np.einsum("bd,bd->b", w, mu[:, 0, :]))
+        out_b.append(theta[:, -1] - np.einsum("bd,bd->b", w, mu[:, 0, :]))
     return np.concatenate(out_v), np.concatenate(out_b)
+
+
+def _newton(features: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Minimise 0.5 |w|^2 + sum of log-losses of features @ w + b per problem, features (b, m, k) as given (already
+    standardised); returns theta (b, k + 1) = (w, b)."""
+    z = np.concatenate([features, np.ones((*features.shape[:2], 1))], axis=2)  # (b, m, k + 1)
+    zt = np.ascontiguousarray(z.transpose(0, 2, 1))
+    d = z.shape[2] - 1
+    theta = np.zeros((len(z), d + 1))
+    penalty = np.ones(d + 1)
+    penalty[-1] = 0.0
+    active = np.arange(len(z))
+    for _ in range(NEWTON_MAX_ITER):
+        whole = len(active) == len(z)  # no copy while every problem is still iterating
+        za, zta, th = (z, zt, theta) if whole else (z[active], zt[active], theta[active])
+        f = np.matmul(za, th[..., None])[..., 0]
+        p = expit(f)
+        grad = np.matmul(zta, (p - y)[..., None])[..., 0] + penalty * th
+        hess = np.matmul(zta * (p * (1 - p))[:, None, :], za)
+        hess[:, np.arange(d), np.arange(d)] += 1.0
+        hess[:, d, d] += 1e-10  # the intercept's curvature vanishes when every row is saturated
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        step = _damped(za, y, th, step, penalty, _objective(f, y, th, penalty))
+        theta[active] = th - step
+        # Converged problems leave the batch: most converge in 6-8 steps, a few separable ones take more.
+        # (Starting from the same set's solution of the previous run measured no faster on the demo: 30 s
+        # against 25-27 s for the TCAV check, the far starts needing halved steps.)
+        active = active[np.abs(step).max(axis=1) > NEWTON_TOL * (1 + np.abs(th).max(axis=1))]
+        if not len(active):
+            break
+    return theta
 
 
 # Head rows (two per image and direction) an ONNX model may spend on finite-difference gradient maps for this test:
