@@ -94,3 +94,21 @@ def test_spatial_stats_over_blocks_are_the_whole_sets(tmp_path):
     np.testing.assert_allclose(score, (s > 0).mean(axis=0))
     np.testing.assert_allclose(cosine, np.where(denom > 0, s / np.where(denom > 0, denom, 1), 0).mean(axis=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_sets_are_made_when_indexed_and_equal_the_list():
+    from auditor.methods.tcav import Lazy
+
+    pool = np.arange(40.0).reshape(20, 2)
+    rows = [np.array([1, 3]), np.array([0, 19]), np.array([5, 6])]
+    made = []
+    lazy = Lazy([pool[:2]], lambda r: made.append(r) or pool[r], rows)
+    eager = [pool[:2]] + [pool[r] for r in rows]
+    assert len(lazy) == 4 and made == []  # nothing copied until asked
+    for got, want in zip(lazy[1:3], eager[1:3]):
+        np.testing.assert_array_equal(got, want)
+    assert len(made) == 2
+    np.testing.assert_array_equal(lazy[-1], eager[-1])
+    np.testing.assert_array_equal(lazy[0], eager[0])
+    with pytest.raises(IndexError):
+        lazy[4]

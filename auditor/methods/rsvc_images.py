@@ -84,6 +84,10 @@ class Pool:
     folders: tuple[str, ...]
 
 
+# Images of the pool decoded and predicted at a time (the torch adapter's batch).
+POOL_BLOCK = 64
+
+
 def _pool(check: RsvcCheck, ctx: Context, roles: list[str], clock: Clock) -> Pool:
     root = images_root(check, ctx.policy)
     names = ctx.policy.data.classes.names
@@ -91,12 +95,14 @@ def _pool(check: RsvcCheck, ctx: Context, roles: list[str], clock: Clock) -> Poo
     sets = [data.folder_set(f"rsvc-pool:{k}@{root}", root / k, ctx.pre) for k in folders]
     predicted: dict[str, list[np.ndarray]] = {r: [] for r in roles}
     for s in sets:
-        x = ctx.store.images(s)
-        for role in roles:
-            t = time.perf_counter()
-            predicted[role].append(ctx.models[role].predict(x).argmax(axis=1))
-            clock.add("forward", t)
-            clock.add("pool", t)
+        # Decoded POOL_BLOCK images at a time: the whole folder decoded grew with it (issue 18).
+        for first in range(0, len(s), POOL_BLOCK):
+            x = data.load(s, ctx.pre, slice(first, first + POOL_BLOCK))
+            for role in roles:
+                t = time.perf_counter()
+                predicted[role].append(ctx.models[role].predict(x).argmax(axis=1))
+                clock.add("forward", t)
+                clock.add("pool", t)
     return Pool(
         paths=tuple(p for s in sets for p in s.paths),
         labels=tuple(f"{k}/{p.name}" for k, s in zip(folders, sets) for p in s.paths),

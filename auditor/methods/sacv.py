@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +254,8 @@ def _mean_runs(
     for i in range(1, len(feats_r)):
         c_tr, c_te, r_tr, r_te = image_split(n, derive_seed(seed, "split", str(i)))
         rand = subset_sums(sums_r[i], r_tr)
-        sides = [subset_sums(sums_c[c], c_tr) for c in concepts] + [subset_sums(sums_s, r[c_tr]) for r in pseudo_rows]
+        sides = chain((subset_sums(sums_c[c], c_tr) for c in concepts),
+                      (subset_sums(sums_s, r[c_tr]) for r in pseudo_rows))  # one pseudo-concept's rows at a time
         v, b = mean_spatial_cavs(sides, rand)
         for j, (c, (acts, rows, where)) in enumerate(concepts.items()):
             acc = balanced_accuracy(acts, rows[c_te], None if where is None else where[c_te], feats_r[i], r_te,
@@ -316,13 +318,16 @@ def _class_cells(
     model = ctx.models[role]
     n_runs = check.random_sets
     target = ctx.policy.data.classes.names.index(cls)
-    x = ctx.store.images(class_set)
     # Torch: the exact gradient maps of every layer in one forward + backward pass (cached, shared with TCAV);
     # ONNX: finite differences through the head, only along the directions SACV needs.
     grad_maps = ctx.store.grad_maps(model, layers, class_set, target) if has_layer_grads(model) else None
     class_acts = ctx.store.acts(model, layers, class_set)
     m_idx = np.arange(min(check.map_images, len(class_set)))  # the set is already a seeded subsample
-    logits = np.asarray(model.predict(x[m_idx]))[:, target]
+    # The decoded inputs: the map images alone where the gradient maps are at hand (the whole class set decoded
+    # grew with it: 330 MB at 550 images of 224 px, issue 18); every image for a head's finite differences.
+    x_map = data.load(class_set, ctx.pre, slice(0, len(m_idx)))
+    x = ctx.store.images(class_set) if grad_maps is None else None
+    logits = np.asarray(model.predict(x_map))[:, target]
     top = np.argsort(-logits, kind="stable")[: check.top_images]  # rows of the map images
     masks_root = _masks_root(check, ctx.policy)
     thumbs = [thumbnail(class_set.paths[int(i)]) for i in top]  # the same top images for every layer and concept
@@ -364,7 +369,7 @@ def _class_cells(
             v, b = runs[layer].mean(c)
             r = relevance_maps(acts[m_idx], v[None], np.array([b]))[:, 0]
             m = contribution_maps(
-                model, layer, acts[m_idx], x[m_idx], None if grads is None else grads[m_idx], v, target, r > 0
+                model, layer, acts[m_idx], x_map, None if grads is None else grads[m_idx], v, target, r > 0
             )
             cols = slice(n_runs * (j + 1), n_runs * (j + 2))
             test = {}

@@ -6,6 +6,7 @@ the spatial score and its cosine. Plain arrays in, plain arrays out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -108,9 +109,12 @@ def image_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return np.sort(pc[n_test:]), np.sort(pc[:n_test]), np.sort(pr[n_test:]), np.sort(pr[:n_test])
 
 
-def mean_spatial_cavs(sides: list[PositionSums], random: PositionSums) -> tuple[np.ndarray, np.ndarray]:
+def mean_spatial_cavs(sides: Iterable[PositionSums], random: PositionSums) -> tuple[np.ndarray, np.ndarray]:
     """Mean (FastCAV) per-position CAVs of K concept-side sets against one random set, on the given images:
-    v = mean concept position - mean random position, offset at the midpoint, unit norm. (K, C), (K,)."""
+    v = mean concept position - mean random position, offset at the midpoint, unit norm. (K, C), (K,).
+
+    `sides` may be a generator: each side is reduced to its mean as it comes, so the K sides' rows are never held
+    together (the exchangeability test's ~1,000 pseudo-concepts, issue 18)."""
     mu0 = random.sums.sum(axis=0) / max(random.counts.sum(), 1)
     mu1 = np.stack([s.sums.sum(axis=0) / max(s.counts.sum(), 1) for s in sides])
     v = mu1 - mu0

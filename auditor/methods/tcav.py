@@ -10,7 +10,7 @@ once per (model, layer, class) and every CAV's sensitivities are one matrix prod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -173,6 +173,26 @@ def pseudo_plan(check, ctx: Context, spare: int) -> tuple[int, bool, np.ndarray]
     return m, capped, exchangeable.pseudo_rows(spare, check.set_size, m, seed)
 
 
+@dataclass(frozen=True)
+class Lazy:
+    """A sequence of the `given` items, then `make(r)` for each r of `rest`, made when indexed (a slice: a list)."""
+
+    given: list
+    make: Callable[[Any], Any]
+    rest: Sequence
+
+    def __len__(self) -> int:
+        return len(self.given) + len(self.rest)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self.given[i] if i < len(self.given) else self.make(self.rest[i - len(self.given)])
+
+
 Scored = tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]
 
 
@@ -278,12 +298,15 @@ def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[
                               for c in [*check.concepts, *(relative_name(a, b) for a, b in check.relative)]]
                 continue
             fs = features(np.asarray(spare_acts[layer]), check.space)
-            sets = [features(np.asarray(concept_acts[c][layer]), check.space, d.concept_rows[c])
-                    for c in check.concepts] + [fs[r] for r in rows]
+            fc = {c: features(np.asarray(concept_acts[c][layer]), check.space, d.concept_rows[c])
+                  for c in check.concepts}
+            # The pseudo-concepts' rows are copied out of the spare set when a batch of problems needs them: all at
+            # once they were 393 MB at set_size 50, 2,048 channels and ~1,000 pseudo-concepts (real_scale.py).
+            sets = Lazy([fc[c] for c in check.concepts], lambda r: fs[r], rows)
             groups = [("concept", list(check.concepts), score_sets(sets, feats_r[1:], grads, check.cav, d.seed))]
             if check.relative:  # relative cells against pseudo-pairs: two disjoint pseudo-concepts each
-                fc = {c: sets[j] for j, c in enumerate(check.concepts)}
-                pairs = [(fc[a], fc[b]) for a, b in check.relative] + [(fs[r[:half]], fs[r[half:]]) for r in pair_rows]
+                pairs = Lazy([(fc[a], fc[b]) for a, b in check.relative], lambda r: (fs[r[:half]], fs[r[half:]]),
+                             pair_rows)
                 groups.append(("relative", [relative_name(a, b) for a, b in check.relative],
                                score_pairs(pairs, n_runs, grads, check.cav, d.seed)))
             for k in check.classes:
