@@ -285,6 +285,14 @@ class Store:
 
         return self._acts(model, layers, name, fingerprint, lambda: len(made_inputs()), lambda s: made_inputs()[s])
 
+    def made_acts(
+        self, model: Model, layers: Sequence[str], name: str, fingerprint: str, count: int,
+        rows: Callable[[slice], np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """Like `derived_acts`, for `count` inputs made a chunk at a time: `rows(s)` makes inputs `s` (RSVC's
+        patches: only a chunk's images are decoded and cut, issue 18)."""
+        return self._acts(model, layers, name, fingerprint, lambda: count, rows)
+
     def _acts(
         self, model: Model, layers: Sequence[str], name: str, fingerprint: str, count: Callable[[], int],
         rows: Callable[[slice], np.ndarray],

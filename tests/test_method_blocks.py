@@ -112,3 +112,50 @@ def test_lazy_sets_are_made_when_indexed_and_equal_the_list():
     np.testing.assert_array_equal(lazy[0], eager[0])
     with pytest.raises(IndexError):
         lazy[4]
+
+
+def test_rsvc_patches_made_a_chunk_at_a_time_are_the_whole_sets(tmp_path):
+    from PIL import Image
+
+    from auditor import data
+    from auditor.methods import rsvc_core as core
+    from auditor.methods.rsvc import PatchSet
+    from auditor.methods.rsvc_images import Clock
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(7):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(paths[-1])
+    pre = data.Preprocessing(size=(16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    grid = core.patch_grid(pre.size, 0.5, 0.8)
+    ps = PatchSet(data.image_set("p", paths, pre), grid, pre.size, pre, Clock())
+    whole = core.cut_patches(data.load(ps.images, pre), grid, pre.size)  # every image at once, as before
+    assert len(ps) == len(whole) == 7 * len(grid)
+    for s in (slice(0, 5), slice(3, 11), slice(len(grid), 2 * len(grid)), slice(10, None), slice(None)):
+        np.testing.assert_array_equal(ps.rows(s), whole[s])
+    np.testing.assert_array_equal(ps.patches(), whole)
+
+
+def test_head_agreement_by_blocks_is_the_whole_formula():
+    import torch
+    from torch import nn
+
+    from auditor.methods import rsvc_core as core
+    from auditor.methods.rsvc_grad import broadcast, head_agreement
+    from auditor.models.torch_model import ModuleModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    model = ModuleModel(net, "n", "0", "torch", (3, 6, 6))
+    x = np.random.default_rng(6).normal(size=(N, 3, 6, 6)).astype(np.float32)
+    full = model.activations(x, ["1"])["1"]
+    means = full.mean(axis=(2, 3))
+    got = head_agreement(model, "1", full, means, x, 2)
+    head = model.head("1")
+    real = core.log_softmax(head.logits(full, x).astype(np.float64))
+    flat = core.log_softmax(head.logits(broadcast(means, np.eye(4), (4, 6, 6)), x).astype(np.float64))
+    assert got["top1_agreement"] == pytest.approx(float((real.argmax(1) == flat.argmax(1)).mean()))
+    assert got["mean_abs_logp_diff"] == pytest.approx(float(np.abs(real[:, 2] - flat[:, 2]).mean()), rel=1e-6)
+    assert 0 < got["mean_abs_logp_diff"]  # the flattened head is not the real one here (no pooling first)

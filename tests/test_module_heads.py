@@ -108,3 +108,22 @@ def test_a_module_called_twice_or_an_untraceable_model_keeps_the_hooked_head(x):
     model = ModuleModel(u, "u", "0", "torch", SHAPE)
     acts = model.activations(x, ["conv"])["conv"]
     np.testing.assert_allclose(model.head("conv").logits(acts, x), model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_cut_head_with_no_path_from_the_images_needs_none(x, tmp_path):
+    from auditor.methods.rsvc_grad import needs_images
+    from auditor.models import load_model
+
+    net = Net().eval()
+    eager = ModuleModel(net, "net", "0", "torch", SHAPE)
+    path = tmp_path / "net.pt"
+    torch.jit.script(net).save(str(path))
+    script = load_model(path, "auto", SHAPE)
+    for model in (eager, script):
+        # blocks.1's output: everything after it (blocks.2 and its skip path) reads only that value.
+        head = model.head("blocks.1")
+        assert not needs_images(head)
+        acts = model.activations(x, ["blocks.1"])["blocks.1"]
+        np.testing.assert_allclose(head.logits(acts, None), model.predict(x), rtol=1e-5, atol=1e-6)
+        # The conv inside blocks.1: the block's skip path goes around it, from the images.
+        assert needs_images(model.head("blocks.1.conv"))

@@ -31,12 +31,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from auditor import data, threads
+from auditor import data, memory, threads
 from auditor.context import Context, derive_seed
 from auditor.errors import CheckError
 from auditor.methods import rsvc_core as core
 from auditor.methods import rsvc_labels
-from auditor.methods.rsvc_grad import GradStats, concept_gradient, head_agreement  # noqa: F401  (rsvc's names)
+from auditor.methods.rsvc_grad import GradStats, concept_gradient, head_agreement, needs_images  # noqa: F401
 from auditor.methods.rsvc_reported import reported_text
 from auditor.models.base import Model
 from auditor.policy import check_layers
@@ -45,7 +45,7 @@ from auditor.results import CheckResult, Status
 from auditor.schemas.common import checked_rows
 from auditor.schemas.rsvc import RsvcCheck, RsvcFinding, RsvcRequirement
 from auditor.methods.rsvc_images import (  # noqa: F401  (Pool, Split, split_images: rsvc's public names)
-    Clock, Pool, _pool, images_root, is_negative, layer_where, negative_message, split_images,
+    Clock, Pool, _pool, images_root, layer_where, negative_beyond_rounding, negative_message, split_images,
 )
 
 COLLAGE = 9  # patches per collage (3 x 3)
@@ -58,12 +58,17 @@ SCATTER_DIGITS = 4
 
 @dataclass
 class PatchSet:
-    """Patches of one image set: made on first use, shared by both models."""
+    """Patches of one image set (image-major: patch r is crop r % P of image r // P), shared by both models.
+
+    Models see them a chunk at a time through the store (`rows`: only the chunk's images are decoded and cut);
+    the whole set is made only for a head that reads the images (`patches`). At the defaults (100 images, 16 crops
+    of 224 px each) the whole set is 960 MB (issue 18)."""
 
     images: data.ImageSet
     grid: core.PatchGrid
     size: tuple[int, int]
-    store_images: Callable[[data.ImageSet], np.ndarray]
+    pre: data.Preprocessing
+    clock: Clock
     _patches: np.ndarray | None = None
 
     @property
@@ -73,16 +78,26 @@ class PatchSet:
                 "bilinear"]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
+    def __len__(self) -> int:
+        return len(self.images) * len(self.grid)
+
+    def rows(self, s: slice) -> np.ndarray:
+        """Patches `s` (a slice of the image-major order), from the images they come from."""
+        if self._patches is not None:
+            return self._patches[s]
+        t = time.perf_counter()
+        start, stop, _ = s.indices(len(self))
+        p = len(self.grid)
+        first = start // p
+        images = data.load(self.images, self.pre, slice(first, -(-stop // p)))
+        out = core.cut_patches(images, self.grid, self.size)[start - first * p : stop - first * p]
+        self.clock.add("patches", t)
+        return out
+
     def patches(self) -> np.ndarray:
         if self._patches is None:
-            self._patches = core.cut_patches(self.store_images(self.images), self.grid, self.size)
+            self._patches = self.rows(slice(None))
         return self._patches
-
-    def timed_patches(self, clock: Clock) -> np.ndarray:
-        t = time.perf_counter()
-        out = self.patches()
-        clock.add("patches", t)
-        return out
 
 
 @dataclass(frozen=True)
@@ -113,17 +128,21 @@ def _means(
 ) -> dict[str, np.ndarray]:
     """{layer: (n_patches, C)} spatial means of every layer, all layers in one pass through the store."""
     t = time.perf_counter()
-    acts = ctx.store.derived_acts(TimedModel(ctx.models[role], clock), layers, f"rsvc patches of {ps.images.name}",
-                                  ps.fingerprint, lambda: ps.timed_patches(clock))
+    acts = ctx.store.made_acts(TimedModel(ctx.models[role], clock), layers, f"rsvc patches of {ps.images.name}",
+                               ps.fingerprint, len(ps), ps.rows)
     clock.add("store", t)
     out = {}
     for layer in layers:
         a = np.asarray(acts[layer])
         shapes[(role, layer)] = tuple(a.shape[1:])
-        negative, low = is_negative(a)
-        if negative:  # `validate` tests the sign on a few whole images; a patch can still find a negative value
+        means, low, high = [], 0.0, 0.0
+        for _, block in memory.row_blocks(a):  # a block of patches at a time: the layer's map is on disk
+            low, high = min(low, float(block.min(initial=0.0))), max(high, float(np.abs(block).max(initial=0.0)))
+            means.append(core.spatial_mean(block))
+        # `validate` tests the sign on a few whole images; a patch can still find a negative value.
+        if negative_beyond_rounding(low, high):
             raise CheckError(negative_message(layer_where(check, ctx.policy, role), layer, role, low))
-        out[layer] = np.maximum(core.spatial_mean(a), 0.0)
+        out[layer] = np.maximum(np.concatenate(means), 0.0)
     return out
 
 
@@ -209,7 +228,6 @@ def _importance(
     U: dict[str, np.ndarray], shapes: dict, A_ev: dict, ev: PatchSet, target: int, notes: list[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict]]:
     """(normalised importance, raw integrated gradients, head agreement) of each model's concepts of one class."""
-    patches_ev = ev.patches()
     importance: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
     model_info: dict[str, dict] = {}
@@ -218,12 +236,14 @@ def _importance(
         W = fitted[(r, layer)].concepts.W
         scale = float(np.median(np.linalg.norm(U[r] @ W, axis=1)))
         stats = GradStats()
+        # The patches themselves only for a head that reads the images (a skip path around the concept layer).
+        patches_ev = ev.patches() if needs_images(ctx.models[r].head(layer)) else None
         grad = concept_gradient(ctx.models[r], layer, W, shapes[(r, layer)], patches_ev, target, scale, stats)
         ig = core.integrated_gradients(U[r], grad, check.ig_steps).mean(axis=0)
         peak = float(np.abs(ig).max(initial=0.0))
         raw[r] = ig
         importance[r] = ig / peak if peak > 0 else np.zeros_like(ig)
-        full = ctx.store.derived_acts(ctx.models[r], [layer], "", ev.fingerprint, ev.patches)[layer]
+        full = ctx.store.made_acts(ctx.models[r], [layer], "", ev.fingerprint, len(ev), ev.rows)[layer]
         model_info[r] = {"head": head_agreement(ctx.models[r], layer, np.asarray(full), A_ev[r][layer], patches_ev, target),
                          "head_rows": stats.head_rows}
     return importance, raw, model_info
@@ -307,8 +327,8 @@ def _class_result(
     def image_set(rows: np.ndarray, part: str) -> data.ImageSet:
         return data.image_set(f"rsvc:{check.id}:{cls}:{part}", [pool.paths[i] for i in rows], ctx.pre)
 
-    ext = PatchSet(image_set(split.extraction, "extraction"), grid, ctx.pre.size, ctx.store.images)
-    ev = PatchSet(image_set(split.evaluation, "evaluation"), grid, ctx.pre.size, ctx.store.images)
+    ext = PatchSet(image_set(split.extraction, "extraction"), grid, ctx.pre.size, ctx.pre, clock)
+    ev = PatchSet(image_set(split.evaluation, "evaluation"), grid, ctx.pre.size, ctx.pre, clock)
     shapes: dict = {}
     A_ext = {r: _means(ctx, check, r, layers[r], ext, clock, shapes) for r in roles}
     A_ev = {r: _means(ctx, check, r, layers[r], ev, clock, shapes) for r in roles}

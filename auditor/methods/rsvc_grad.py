@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from auditor import memory
 from auditor.methods import rsvc_core as core
 from auditor.models.base import Model, has_logp_directional
 
@@ -34,7 +35,10 @@ def broadcast(V: np.ndarray, W: np.ndarray, shape: tuple[int, ...]) -> np.ndarra
 
 
 def needs_images(head: object) -> bool:
-    # An ONNX head without skip paths never reads the input images; every other head is given them.
+    """Whether the head computes anything from the input images: not an ONNX head without skip paths, nor a torch
+    head cut after every path from the images (AutogradHead.reads_images); every other head is given them."""
+    if hasattr(head, "reads_images"):
+        return bool(head.reads_images)
     return getattr(head, "extras", None) != []
 
 
@@ -44,25 +48,28 @@ class GradStats:
 
 
 def concept_gradient(
-    model: Model, layer: str, W: np.ndarray, shape: tuple[int, ...], patches: np.ndarray, target: int,
+    model: Model, layer: str, W: np.ndarray, shape: tuple[int, ...], patches: np.ndarray | None, target: int,
     scale: float, stats: GradStats,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """grad(V): d log softmax(h(V W placed at every position))[target] / dV, (m, K) -> (m, K).
 
-    Row r of V belongs to patch r % len(patches) (core.integrated_gradients stacks its points so). Heads with
-    `logp_directional` (torch): exact, by autograd through the log-softmax, along the K concept directions. Others
-    (ONNX): central differences of log p_target itself along each coefficient; the step is FD_RELATIVE_STEP of
-    `scale` (the typical norm of a reconstruction) over |W_j|.
+    Row r of V belongs to patch r % len(patches) (core.integrated_gradients stacks its points so); `patches` may be
+    None for a head that does not read the images (`needs_images`). Heads with `logp_directional` (torch): exact,
+    by autograd through the log-softmax, along the K concept directions. Others (ONNX): central differences of
+    log p_target itself along each coefficient; the step is FD_RELATIVE_STEP of `scale` (the typical norm of a
+    reconstruction) over |W_j|.
     """
     head = model.head(layer)
     k = len(W)
-    n = len(patches)
-    per_row = 4 * (int(np.prod(shape)) + (int(np.prod(patches.shape[1:])) if needs_images(head) else 0))
+    reads = needs_images(head)
+    if reads and patches is None:
+        raise ValueError(f"the head from {layer} reads the input images: give the patches")
+    per_row = 4 * (int(np.prod(shape)) + (int(np.prod(patches.shape[1:])) if reads else 0))
     exact = has_logp_directional(head)
     directions = broadcast(np.eye(k), W, shape)  # (K, C, h, w): concept j at every position
 
     def images(rows: np.ndarray) -> np.ndarray | None:
-        return patches[rows % n] if needs_images(head) else None
+        return patches[rows % len(patches)] if reads else None
 
     def autograd(V: np.ndarray, rows: np.ndarray) -> np.ndarray:
         stats.head_rows += len(V)
@@ -98,17 +105,22 @@ def concept_gradient(
     return grad
 
 
-def head_agreement(model: Model, layer: str, full_acts: np.ndarray, means: np.ndarray, patches: np.ndarray,
+def head_agreement(model: Model, layer: str, full_acts: np.ndarray, means: np.ndarray, patches: np.ndarray | None,
                    target: int) -> dict[str, float]:
     """How well the head on position-constant activations (each patch's spatial mean at every position) matches
-    the head on the real maps: exact when the head starts with global average pooling."""
+    the head on the real maps: exact when the head starts with global average pooling. A block of patches at a
+    time: the real maps are on disk (memory.row_blocks hands out writable copies, which torch may wrap)."""
     head = model.head(layer)
-    x = patches if needs_images(head) else None
+    reads = needs_images(head)
     shape = tuple(full_acts.shape[1:])
-    # A copy: the store hands out read-only memory maps, which torch must not wrap.
-    real = core.log_softmax(np.asarray(head.logits(np.array(full_acts, dtype=np.float32), x)))
-    flat = core.log_softmax(np.asarray(head.logits(broadcast(means, np.eye(shape[0]), shape), x)))
+    real, flat = [], []
+    for start, block in memory.row_blocks(full_acts):
+        rows = slice(start, start + len(block))
+        x = patches[rows] if reads else None
+        real.append(core.log_softmax(np.asarray(head.logits(block.astype(np.float32, copy=False), x))))
+        flat.append(core.log_softmax(np.asarray(head.logits(broadcast(means[rows], np.eye(shape[0]), shape), x))))
+    real_lp, flat_lp = np.concatenate(real), np.concatenate(flat)
     return {
-        "top1_agreement": float((real.argmax(1) == flat.argmax(1)).mean()),
-        "mean_abs_logp_diff": float(np.abs(real[:, target] - flat[:, target]).mean()),
+        "top1_agreement": float((real_lp.argmax(1) == flat_lp.argmax(1)).mean()),
+        "mean_abs_logp_diff": float(np.abs(real_lp[:, target] - flat_lp[:, target]).mean()),
     }

@@ -156,7 +156,12 @@ def negative_message(where: str, layer: str, role: str, low: float) -> str:
 def is_negative(a: np.ndarray) -> tuple[bool, float]:
     """(negative beyond rounding, the minimum): a ReLU-free graph path may leave -0-ish values, which are fine."""
     low, high = float(a.min(initial=0.0)), float(np.abs(a).max(initial=0.0))
-    return low < -1e-6 * max(high, 1e-30), low
+    return negative_beyond_rounding(low, high), low
+
+
+def negative_beyond_rounding(low: float, high: float) -> bool:
+    """`is_negative` from a layer's minimum and largest magnitude (taken a block at a time)."""
+    return low < -1e-6 * max(high, 1e-30)
 
 
 def negative_layers(check: RsvcCheck, policy: Policy, pre: data.Preprocessing, where: str,

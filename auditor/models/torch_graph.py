@@ -314,11 +314,13 @@ def head_at(gm: fx.GraphModule, node_name: str, device: torch.device, layout: to
     fn = fx.GraphModule(gm, graph)
     fn.graph.eliminate_dead_code(is_impure_node=_may_mutate(fn))
     fn.recompile()
+    reads = any(n.users for n in fn.graph.nodes if n.op == "placeholder" and n.name != acts_in.name)
 
-    def run(acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return fn(x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu()
+    def run(acts: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        images = x.to(device).contiguous(memory_format=layout) if reads else None
+        return fn(images, acts.to(device)).cpu()
 
-    return AutogradHead(run)
+    return AutogradHead(run, reads_images=reads)
 
 
 class _LeafAt(fx.Tracer):

@@ -137,23 +137,28 @@ def _on_cpu(model: "ModuleModel | ScriptModel") -> nn.Module:
 
 
 class AutogradHead:
-    """Head from a layer to the logits; `run(acts, x)` is the network on `x` with the layer's value replaced."""
+    """Head from a layer to the logits; `run(acts, x)` is the network on `x` with the layer's value replaced.
 
-    def __init__(self, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    `reads_images` False: nothing the head computes comes from `x` (a graph cut at a layer no skip path goes
+    around), so callers may pass x=None and need not make the images (RSVC's patches, issue 18)."""
+
+    def __init__(self, run: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                 reads_images: bool = True) -> None:
         self._run = run
+        self.reads_images = reads_images
 
-    def logits(self, acts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def logits(self, acts: np.ndarray, x: np.ndarray | None) -> np.ndarray:
         out = []
         with torch.no_grad():
             for s in _batches(len(acts)):
-                out.append(self._run(torch.from_numpy(acts[s]), torch.from_numpy(x[s])).numpy())
+                out.append(self._run(torch.from_numpy(np.ascontiguousarray(acts[s])), _rows_of(x, s)).numpy())
         return np.concatenate(out).astype(np.float32)
 
-    def grad(self, acts: np.ndarray, x: np.ndarray, target: int) -> np.ndarray:
+    def grad(self, acts: np.ndarray, x: np.ndarray | None, target: int) -> np.ndarray:
         out = []
         for s in _batches(len(acts)):
             a = torch.from_numpy(np.ascontiguousarray(acts[s])).requires_grad_(True)
-            y = self._run(a, torch.from_numpy(x[s]))
+            y = self._run(a, _rows_of(x, s))
             (g,) = torch.autograd.grad(y[:, target].sum(), a)
             out.append(g.numpy())
         return np.concatenate(out).astype(np.float32)
@@ -161,17 +166,23 @@ class AutogradHead:
     def directional(self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int) -> np.ndarray:
         return _contract(self.grad(acts, x, target), directions)
 
-    def logp_directional(self, acts: np.ndarray, x: np.ndarray, directions: np.ndarray, target: int) -> np.ndarray:
+    def logp_directional(self, acts: np.ndarray, x: np.ndarray | None, directions: np.ndarray,
+                         target: int) -> np.ndarray:
         """d log softmax(logits)[target] / d acts . direction, (k, *shape) directions -> (n, k) float32: one
         forward and one backward pass per batch for any number of classes (base.LogpDirectional). The softmax
         is taken in float64, as callers that built it from the logits did."""
         out = []
         for s in _batches(len(acts)):
             a = torch.from_numpy(np.ascontiguousarray(acts[s])).requires_grad_(True)
-            y = self._run(a, torch.from_numpy(x[s]))
+            y = self._run(a, _rows_of(x, s))
             (g,) = torch.autograd.grad(torch.log_softmax(y.double(), dim=1)[:, target].sum(), a)
             out.append(g.numpy())
         return _contract(np.concatenate(out), directions)
+
+
+def _rows_of(x: np.ndarray | None, s: slice) -> torch.Tensor | None:
+    """Rows `s` of the images as a tensor (x may be any sequence of arrays that slices to one), or None."""
+    return None if x is None else torch.from_numpy(np.ascontiguousarray(x[s]))
 
 
 def _module_head(module: nn.Module, layer: str, layout: torch.memory_format, device: torch.device) -> AutogradHead:
@@ -408,6 +419,20 @@ def _script_graph(module: torch.jit.ScriptModule) -> torch._C.Graph:
     return graph
 
 
+def _fold_eval(graph: torch._C.Graph) -> None:
+    """`self.training` as the constant False (ScriptModel keeps its module in eval mode). Read at run time, it kept
+    BatchNorm's training branch (it counts batches: a side effect dead-code elimination must keep) and with it
+    every op before the head's layer: the head ran the whole network (tests/test_module_heads.py)."""
+    reads = [n for n in graph.findAllNodes("prim::GetAttr") if n.s("name") == "training"]
+    if not reads:
+        return
+    false = graph.insertConstant(False)
+    false.node().moveBefore(next(iter(graph.nodes())))
+    for node in reads:
+        node.output().replaceAllUsesWith(false)
+    torch._C._jit_pass_constant_propagation(graph)
+
+
 def _script_head(
     module: torch.jit.ScriptModule, value_of: Callable[[torch._C.Graph], torch._C.Value], layout: torch.memory_format,
     device: torch.device,
@@ -420,10 +445,19 @@ def _script_head(
     acts_in.setType(value.type())
     value.replaceAllUsesWith(acts_in)
     tap_script(graph, acts_in)  # an in-place op downstream writes on a copy, never on the caller's array
+    _fold_eval(graph)
     # Ops that only fed the replaced value are now dead; the skip paths that still read `x` stay.
     torch._C._jit_pass_dce(graph)
     fn = torch._C._create_function_from_graph("auditor_head", graph)
-    return AutogradHead(lambda acts, x: fn(module._c, x.to(device).contiguous(memory_format=layout), acts.to(device)).cpu())
+    images_in = list(graph.inputs())[1]  # (self, x, acts)
+    reads = len(images_in.uses()) > 0
+    unused = torch.empty(0)  # the function's signature keeps `x`; nothing reads it when `reads` is False
+
+    def run(acts: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        images = x.to(device).contiguous(memory_format=layout) if reads else unused
+        return fn(module._c, images, acts.to(device)).cpu()
+
+    return AutogradHead(run, reads_images=reads)
 
 
 class ScriptModel:
