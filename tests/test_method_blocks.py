@@ -97,12 +97,12 @@ def test_spatial_stats_over_blocks_are_the_whole_sets(tmp_path):
 
 
 def test_lazy_sets_are_made_when_indexed_and_equal_the_list():
-    from auditor.methods.tcav import Lazy
+    from auditor.methods.tcav import SetsOnDemand
 
     pool = np.arange(40.0).reshape(20, 2)
     rows = [np.array([1, 3]), np.array([0, 19]), np.array([5, 6])]
     made = []
-    lazy = Lazy([pool[:2]], lambda r: made.append(r) or pool[r], rows)
+    lazy = SetsOnDemand([pool[:2]], lambda r: made.append(r) or pool[r], rows)
     eager = [pool[:2]] + [pool[r] for r in rows]
     assert len(lazy) == 4 and made == []  # nothing copied until asked
     for got, want in zip(lazy[1:3], eager[1:3]):

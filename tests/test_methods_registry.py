@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import pytest
 from pydantic import Field
+from pypdf import PdfReader
 
 from auditor import diff, pipeline, results
 from auditor.methods import METHODS, Lazy, Method, Reads
@@ -123,7 +124,6 @@ def test_a_toy_method_and_its_section_reach_validate_run_pdf_junit_and_diff(tiny
     """The must-show of 'one method, one place': one METHODS entry and one SECTIONS entry, no other file, and the
     method is in `auditor validate`, `auditor run`, results.json, the PDF (its section and its method note),
     junit.xml and `auditor diff`, all through the CLI a user runs."""
-    import subprocess
     import xml.etree.ElementTree as ET
 
     from click.testing import CliRunner
@@ -148,7 +148,7 @@ def test_a_toy_method_and_its_section_reach_validate_run_pdf_junit_and_diff(tiny
     out = outs[False]
     check = json.loads((out / "results.json").read_text())["checks"][0]
     assert check["method"] == "toy" and len(check["findings"]) == 4
-    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True).stdout
+    text = "\n".join(page.extract_text() or "" for page in PdfReader(out / "report.pdf").pages)
     assert "toy mean logit" in text and "HIGH" in text and "Toy: mean class logit" in text and "A toy note text." in text
     cases = ET.parse(out / "junit.xml").getroot().iter("testcase")
     assert [c.get("name") for c in cases if "toy-1" in (c.get("name") or "")]

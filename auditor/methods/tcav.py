@@ -174,7 +174,7 @@ def pseudo_plan(check, ctx: Context, spare: int) -> tuple[int, bool, np.ndarray]
 
 
 @dataclass(frozen=True)
-class Lazy:
+class SetsOnDemand:
     """A sequence of the `given` items, then `make(r)` for each r of `rest`, made when indexed (a slice: a list)."""
 
     given: list
@@ -302,11 +302,11 @@ def _exchangeable_cells(check: TcavCheck, ctx: Context, d: Draws) -> tuple[list[
                   for c in check.concepts}
             # The pseudo-concepts' rows are copied out of the spare set when a batch of problems needs them: all at
             # once they were 393 MB at set_size 50, 2,048 channels and ~1,000 pseudo-concepts (real_scale.py).
-            sets = Lazy([fc[c] for c in check.concepts], lambda r: fs[r], rows)
+            sets = SetsOnDemand([fc[c] for c in check.concepts], lambda r: fs[r], rows)
             groups = [("concept", list(check.concepts), score_sets(sets, feats_r[1:], grads, check.cav, d.seed))]
             if check.relative:  # relative cells against pseudo-pairs: two disjoint pseudo-concepts each
-                pairs = Lazy([(fc[a], fc[b]) for a, b in check.relative], lambda r: (fs[r[:half]], fs[r[half:]]),
-                             pair_rows)
+                pairs = SetsOnDemand([(fc[a], fc[b]) for a, b in check.relative],
+                                     lambda r: (fs[r[:half]], fs[r[half:]]), pair_rows)
                 groups.append(("relative", [relative_name(a, b) for a, b in check.relative],
                                score_pairs(pairs, n_runs, grads, check.cav, d.seed)))
             for k in check.classes:
