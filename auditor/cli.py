@@ -307,9 +307,14 @@ def demo(out: Path, seed: int, fail_on: str, device: str) -> None:
     The demo's candidate carries a planted shortcut, so its audit FAILs by design; the command exits 0 when
     the audit ran (the verdict is printed), and 3 if something broke.
     """
+    from auditor.demo import isa
+
+    note = isa.pin()  # before anything imports torch: the same models on every x86-64 host
     from auditor.demo.build import build_demo
 
     log = _logger()
+    if note:
+        log(note)
     policy_path = build_demo(out, seed, log)
     code = _audit(policy_path, out / "report", out / "cache", fail_on, quiet=False, device=device)
     if code == EXIT_INTERNAL:

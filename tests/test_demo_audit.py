@@ -53,12 +53,15 @@ def test_tcav_reports_every_watermark_cell_of_both_models(demo_out):
 
 
 def test_tcav_cells_give_the_demos_verdicts(demo_out):
-    """Every TCAV cell's verdict, exactly. The watermark is linearly decodable in both models at both layers
-    (CAV accuracy 0.72-0.91) and no cell is significant after Holm under the exchangeability test
-    (docs/methods-and-limits.md: the causal probe carries the verdict; TCAV shows sensitivity, which a clean model
-    can have too). The textures (striped, dotted) are not decodable in the pooled space (CAV accuracy 0.50-0.57, under
-    0.6), except striped at the colour-blind reference's features.7 (0.61 on the colour world; 0.48-0.54 everywhere
-    before the reference got its luminance stage), which is learned and not significant."""
+    """Every TCAV cell's verdict, exactly, as measured on the demo with its instruction set pinned (auditor/demo/isa.py;
+    2026-12-03). The watermark is linearly decodable in both models at both layers (CAV accuracy 0.80-0.91) and no
+    watermark cell is significant after Holm under the exchangeability test (docs/methods-and-limits.md: the causal
+    probe carries the verdict; TCAV shows sensitivity, which a clean model can have too). The textures (striped,
+    dotted) are not decodable in the candidate's pooled space (CAV accuracy 0.46-0.57, under 0.6); at the colour-blind
+    reference striped is just learned at both layers (0.60 at features.4, not significant; 0.61 at features.7,
+    significantly *low*: the triangle logit is turned away from the stripe direction), dotted is not (0.54-0.59).
+    These are borderline by nature: trained natively (before the pin) on two hosts of other CPUs, the same network
+    gave 0.57/0.61 and 0.60/0.53 for striped at the two layers, which is why the pin exists."""
     check = _tcav(demo_out)
     verdicts = {(f["model"], f["layer"], f["concept"]): f["verdict"] for f in check["findings"]}
     layers = check["details"]["layers"]
@@ -68,20 +71,21 @@ def test_tcav_cells_give_the_demos_verdicts(demo_out):
         for layer in layers[role]
         for concept in ("watermark", "striped", "dotted")
     }
-    expected[("reference", "features.7", "striped")] = "not significant"
+    expected[("reference", "features.4", "striped")] = "not significant"
+    expected[("reference", "features.7", "striped")] = "significant-low"
     assert verdicts == expected
 
 
 # The demo's truth, check by check (policies/demo.yaml, written by auditor/demo/build.py; the candidate was trained
 # with a watermark on most triangle images, the reference on clean images).
 EXPECTED_STATUS = {
-    # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.96
-    # against a neutral patch) and lowers its circle and square logits (0.27, 0.16); the requirement allows no reliant class.
+    # The planted shortcut, decided causally: pasting the watermark raises the candidate's triangle logit (AUC 0.92
+    # against a neutral patch) and lowers its square and star logits (0.19, 0.28); the requirement allows no reliant class.
     "watermark-reliance": "FAIL",
-    # ClaDec: the candidate's decoder at its deepest layer keeps the pasted watermark (retention 0.52 at seed 0,
-    # 2026-12-03), above the requirement's 0.3; within 0.1 of the reference's 0.47, so the relative one is met.
+    # ClaDec: the candidate's decoder at its deepest layer keeps the pasted watermark (retention 0.64 at seed 0 with
+    # the pinned instruction set, 2026-12-03), above the requirement's 0.3, and more than 0.1 above the reference's 0.42.
     "watermark-decoded": "FAIL",
-    # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 7
+    # Informational (no requirement: TCAV cannot show reliance), so it cannot FAIL; WARN rather than PASS because 6
     # of its 12 cells are not learned (the textures, see test_tcav_cells_give_the_demos_verdicts).
     "watermark-tcav": "WARN",
     # Informational too; WARN because the candidate's 32 x 32 ONNX layer is over the finite-difference budget: its
