@@ -311,17 +311,19 @@ class ModuleModel:
         return out
 
     def head(self, layer: str) -> AutogradHead:
+        """The head from `layer`, made once per layer: a trace (or graph edit) of a ResNet-50 takes a tenth of a
+        second, and a check asks for a layer's head several times (RSVC: three times per class)."""
         hooked, _ = self._split([layer])
-        if not hooked:
-            assert self._graph is not None
-            return self._graph.head(layer)
-        from auditor.models.torch_graph import module_output_head  # (torch_graph imports this module's helpers)
-
-        # Only what follows the module, where fx can cut the network there; else the whole network, hooked. Kept:
-        # a trace of a ResNet-50 takes a tenth of a second, and RSVC asks for the head once per batch of patches.
         if layer not in self._heads:
-            self._heads[layer] = (module_output_head(self._module, layer, self._device, self._layout)
-                                  or _module_head(self._module, layer, self._layout, self._device))
+            if not hooked:
+                assert self._graph is not None
+                self._heads[layer] = self._graph.head(layer)
+            else:
+                from auditor.models.torch_graph import module_output_head  # (torch_graph imports this module)
+
+                # Only what follows the module, where fx can cut the network there; else the whole network, hooked.
+                self._heads[layer] = (module_output_head(self._module, layer, self._device, self._layout)
+                                      or _module_head(self._module, layer, self._layout, self._device))
         return self._heads[layer]
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
@@ -477,6 +479,7 @@ class ScriptModel:
         self.framework = "torchscript"
         self.input_shape = tuple(input_shape)
         self._extractors: dict[tuple[str, ...], Callable] = {}
+        self._heads: dict[str, AutogradHead] = {}
         self._layers: list[LayerInfo] | None = None
         self._kinds = {
             n: m.original_name for n, m in self._module.named_modules() if n
@@ -561,7 +564,10 @@ class ScriptModel:
 
     def head(self, layer: str) -> AutogradHead:
         self._check(layer)
-        return _script_head(self._module, lambda g: self._values(g)[layer], self._layout, self._device)
+        if layer not in self._heads:  # made once per layer, as ModuleModel's
+            self._heads[layer] = _script_head(self._module, lambda g: self._values(g)[layer], self._layout,
+                                              self._device)
+        return self._heads[layer]
 
     def layer_grads(self, x: np.ndarray, layers: Sequence[str], target: int) -> dict[str, np.ndarray]:
         """d logit[target] / d (layer output) for every layer, one forward + one backward pass per batch."""
